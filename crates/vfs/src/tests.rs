@@ -1,0 +1,306 @@
+use super::*;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    outside: PathBuf,
+    home: PathBuf,
+    vfs: Vfs,
+}
+
+async fn fixture(mode: UploadMode) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = dir.path().join("secret.txt");
+    std::fs::write(&outside, "top secret").unwrap();
+    let home = dir.path().join("home");
+    let vfs = Vfs::open(&home, Permissions::default(), mode)
+        .await
+        .unwrap();
+    Fixture {
+        _dir: dir,
+        outside,
+        home,
+        vfs,
+    }
+}
+
+fn p(s: &str) -> VPath {
+    VPath::parse(s).unwrap()
+}
+
+async fn read_all(vfs: &Vfs, path: &str) -> Result<Vec<u8>, VfsError> {
+    let reader = vfs.open_read(&p(path)).await?;
+    reader.read_at(0, 1 << 20).await
+}
+
+#[tokio::test]
+async fn home_created_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = fixture(UploadMode::Atomic).await;
+    let mode = std::fs::metadata(&f.home).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+}
+
+#[tokio::test]
+async fn dotdot_cannot_leave_home() {
+    let f = fixture(UploadMode::Atomic).await;
+    let err = read_all(&f.vfs, "/../secret.txt").await.unwrap_err();
+    assert!(matches!(err, VfsError::NotFound), "{err:?}");
+    let err = read_all(&f.vfs, "../../secret.txt").await.unwrap_err();
+    assert!(matches!(err, VfsError::NotFound), "{err:?}");
+}
+
+#[tokio::test]
+async fn absolute_server_path_stays_inside() {
+    let f = fixture(UploadMode::Atomic).await;
+    let err = read_all(&f.vfs, f.outside.to_str().unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VfsError::NotFound), "{err:?}");
+}
+
+#[tokio::test]
+async fn planted_symlink_outside_refused() {
+    let f = fixture(UploadMode::Atomic).await;
+    std::os::unix::fs::symlink(&f.outside, f.home.join("abs-link")).unwrap();
+    std::os::unix::fs::symlink("../secret.txt", f.home.join("rel-link")).unwrap();
+    std::os::unix::fs::symlink(f.outside.parent().unwrap(), f.home.join("dir-link")).unwrap();
+    for path in ["/abs-link", "/rel-link", "/dir-link/secret.txt"] {
+        let err = read_all(&f.vfs, path).await.unwrap_err();
+        assert!(matches!(err, VfsError::PermissionDenied), "{path}: {err:?}");
+    }
+    let err = f
+        .vfs
+        .open_write(&p("/dir-link/new.txt"), WriteOptions::replace())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VfsError::PermissionDenied), "{err:?}");
+    assert!(!f.outside.parent().unwrap().join("new.txt").exists());
+}
+
+#[tokio::test]
+async fn symlink_escape_via_api_refused() {
+    let f = fixture(UploadMode::Atomic).await;
+    let err = f.vfs.symlink("../secret.txt", &p("/l")).await.unwrap_err();
+    assert!(matches!(err, VfsError::PermissionDenied), "{err:?}");
+    // An absolute target names a path in the home, never the server's root.
+    f.vfs
+        .symlink(f.outside.to_str().unwrap(), &p("/abs"))
+        .await
+        .unwrap();
+    let stored = std::fs::read_link(f.home.join("abs")).unwrap();
+    assert!(stored.is_relative(), "{stored:?}");
+    let err = read_all(&f.vfs, "/abs").await.unwrap_err();
+    assert!(matches!(err, VfsError::NotFound), "{err:?}");
+}
+
+#[tokio::test]
+async fn symlink_inside_works() {
+    let f = fixture(UploadMode::Atomic).await;
+    f.vfs.create_dir(&p("/d")).await.unwrap();
+    std::fs::write(f.home.join("d/target.txt"), "hello").unwrap();
+    f.vfs
+        .symlink("target.txt", &p("/d/link.txt"))
+        .await
+        .unwrap();
+    assert_eq!(read_all(&f.vfs, "/d/link.txt").await.unwrap(), b"hello");
+    assert_eq!(
+        f.vfs.read_link(&p("/d/link.txt")).await.unwrap(),
+        "/d/target.txt"
+    );
+    f.vfs.symlink("/d/target.txt", &p("/top")).await.unwrap();
+    assert_eq!(read_all(&f.vfs, "/top").await.unwrap(), b"hello");
+    assert_eq!(
+        std::fs::read_link(f.home.join("top")).unwrap(),
+        PathBuf::from("d/target.txt")
+    );
+}
+
+#[tokio::test]
+async fn encoded_names_are_literal() {
+    let f = fixture(UploadMode::Atomic).await;
+    // Percent escapes and look-alike dots are ordinary names here; only WebDAV decodes
+    // percent escapes, before the path reaches this layer.
+    for name in [
+        "%2e%2e",
+        "..%2fsecret.txt",
+        "\u{ff0e}\u{ff0e}",
+        "..\\secret.txt",
+    ] {
+        let path = VPath::resolve(&VPath::root(), name).unwrap();
+        let w = f
+            .vfs
+            .open_write(&path, WriteOptions::replace())
+            .await
+            .unwrap();
+        w.write_at(0, b"x".to_vec()).await.unwrap();
+        w.commit().await.unwrap();
+        assert!(f.home.join(name).exists(), "{name}");
+    }
+    assert_eq!(std::fs::read_to_string(&f.outside).unwrap(), "top secret");
+}
+
+#[tokio::test]
+async fn atomic_upload_invisible_until_commit() {
+    let f = fixture(UploadMode::Atomic).await;
+    std::fs::write(f.home.join("a.txt"), "old").unwrap();
+    let w = f
+        .vfs
+        .open_write(&p("/a.txt"), WriteOptions::replace())
+        .await
+        .unwrap();
+    w.write_at(0, b"new content".to_vec()).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(f.home.join("a.txt")).unwrap(),
+        "old"
+    );
+    let names: Vec<String> = f
+        .vfs
+        .read_dir(&VPath::root())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, vec!["a.txt".to_owned()]);
+    w.commit().await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(f.home.join("a.txt")).unwrap(),
+        "new content"
+    );
+    assert_eq!(std::fs::read_dir(&f.home).unwrap().count(), 1);
+}
+
+#[tokio::test]
+async fn atomic_upload_dropped_keeps_old() {
+    let f = fixture(UploadMode::Atomic).await;
+    std::fs::write(f.home.join("a.txt"), "old").unwrap();
+    let w = f
+        .vfs
+        .open_write(&p("/a.txt"), WriteOptions::replace())
+        .await
+        .unwrap();
+    w.write_at(0, b"partial".to_vec()).await.unwrap();
+    drop(w);
+    assert_eq!(
+        std::fs::read_to_string(f.home.join("a.txt")).unwrap(),
+        "old"
+    );
+    assert_eq!(
+        std::fs::read_dir(&f.home).unwrap().count(),
+        1,
+        "temporary file left behind"
+    );
+}
+
+#[tokio::test]
+async fn atomic_resume_keeps_prefix() {
+    let f = fixture(UploadMode::Atomic).await;
+    std::fs::write(f.home.join("r.bin"), "hello ").unwrap();
+    let w = f
+        .vfs
+        .open_write(&p("/r.bin"), WriteOptions::resume())
+        .await
+        .unwrap();
+    assert_eq!(w.metadata().await.unwrap().size, 6);
+    w.write_at(6, b"world".to_vec()).await.unwrap();
+    w.commit().await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(f.home.join("r.bin")).unwrap(),
+        "hello world"
+    );
+}
+
+#[tokio::test]
+async fn atomic_append_goes_to_end() {
+    let f = fixture(UploadMode::Atomic).await;
+    std::fs::write(f.home.join("log"), "a").unwrap();
+    let options = WriteOptions {
+        create: true,
+        append: true,
+        ..WriteOptions::default()
+    };
+    let w = f.vfs.open_write(&p("/log"), options).await.unwrap();
+    w.write_at(0, b"b".to_vec()).await.unwrap();
+    w.commit().await.unwrap();
+    assert_eq!(std::fs::read_to_string(f.home.join("log")).unwrap(), "ab");
+}
+
+#[tokio::test]
+async fn exclusive_create_fails_on_existing() {
+    let f = fixture(UploadMode::Atomic).await;
+    std::fs::write(f.home.join("e"), "x").unwrap();
+    let options = WriteOptions {
+        create: true,
+        exclusive: true,
+        ..WriteOptions::default()
+    };
+    let err = f.vfs.open_write(&p("/e"), options).await.unwrap_err();
+    assert!(matches!(err, VfsError::AlreadyExists), "{err:?}");
+}
+
+#[tokio::test]
+async fn standard_mode_writes_in_place() {
+    let f = fixture(UploadMode::Standard).await;
+    let w = f
+        .vfs
+        .open_write(&p("/s.txt"), WriteOptions::replace())
+        .await
+        .unwrap();
+    w.write_at(0, b"abc".to_vec()).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(f.home.join("s.txt")).unwrap(),
+        "abc"
+    );
+    w.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn temp_names_unreachable() {
+    let f = fixture(UploadMode::Atomic).await;
+    let name = format!("{UPLOAD_TEMP_PREFIX}0000000000000001");
+    std::fs::write(f.home.join(&name), "x").unwrap();
+    let err = read_all(&f.vfs, &format!("/{name}")).await.unwrap_err();
+    assert!(matches!(err, VfsError::NotFound), "{err:?}");
+}
+
+#[tokio::test]
+async fn rename_without_replace_keeps_target() {
+    let f = fixture(UploadMode::Atomic).await;
+    std::fs::write(f.home.join("a"), "a").unwrap();
+    std::fs::write(f.home.join("b"), "b").unwrap();
+    let err = f.vfs.rename(&p("/a"), &p("/b"), false).await.unwrap_err();
+    assert!(matches!(err, VfsError::AlreadyExists), "{err:?}");
+    f.vfs.rename(&p("/a"), &p("/b"), true).await.unwrap();
+    assert_eq!(std::fs::read_to_string(f.home.join("b")).unwrap(), "a");
+}
+
+#[tokio::test]
+async fn permissions_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = vec!["*".to_owned()];
+    let read = vec!["list".to_owned(), "download".to_owned()];
+    let perms = Permissions::from_rules([("/", all.as_slice()), ("/ro", read.as_slice())]).unwrap();
+    let vfs = Vfs::open(&dir.path().join("h"), perms, UploadMode::Atomic)
+        .await
+        .unwrap();
+    // A path gets the rules of its own longest prefix, so "/ro" itself is read-only too.
+    let err = vfs.create_dir(&p("/ro")).await.unwrap_err();
+    assert!(matches!(err, VfsError::PermissionDenied), "{err:?}");
+    std::fs::create_dir(dir.path().join("h/ro")).unwrap();
+    let err = vfs
+        .open_write(&p("/ro/x"), WriteOptions::replace())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VfsError::PermissionDenied), "{err:?}");
+    let err = vfs.create_dir(&p("/ro/sub")).await.unwrap_err();
+    assert!(matches!(err, VfsError::PermissionDenied), "{err:?}");
+    assert!(vfs.read_dir(&p("/ro")).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn statvfs_reports_space() {
+    let f = fixture(UploadMode::Atomic).await;
+    let stats = f.vfs.statvfs(&VPath::root()).await.unwrap();
+    assert!(stats.blocks > 0);
+    assert!(stats.block_size > 0);
+}
