@@ -27,6 +27,8 @@ use tracing::{info, warn};
 pub use config::{ClientCertificate, HookTarget, HooksConfig, HttpClientConfig, HttpHeader, Scope};
 pub use event::{LoginEvent, LoginMethod, Protocol, canonical_ip, new_connection_id};
 pub use queue::HookStats;
+/// The URL type of hook targets.
+pub use reqwest::Url;
 
 use http::HttpClient;
 use queue::{Counters, Queue};
