@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
 use ferry_hooks::{HookTarget, HooksConfig, HttpClientConfig, Scope};
 use ferry_vfs::UploadMode;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 /// The whole file.
@@ -25,6 +25,7 @@ pub struct Config {
     pub sftpd: ferry_ssh::Config,
     pub ftpd: ferry_ftp::Config,
     pub webdavd: ferry_dav::Config,
+    pub defender: ferry_hooks::DefenderConfig,
 }
 
 /// The `[common]` section: settings shared by every protocol.
@@ -49,6 +50,10 @@ pub struct CommonConfig {
     pub state_dir: PathBuf,
     /// Seconds that open connections get to finish after SIGINT or SIGTERM.
     pub shutdown_timeout: u64,
+    /// Open connections over all protocols; 0 means unlimited.
+    pub max_total_connections: usize,
+    /// Open connections from one client address; 0 means unlimited.
+    pub max_per_host_connections: usize,
 }
 
 impl Default for CommonConfig {
@@ -63,6 +68,8 @@ impl Default for CommonConfig {
             upload_mode: UploadMode::Atomic,
             state_dir: PathBuf::from("state"),
             shutdown_timeout: 30,
+            max_total_connections: 0,
+            max_per_host_connections: 20,
         }
     }
 }
@@ -77,7 +84,9 @@ pub struct DataProviderConfig {
 
 impl Default for DataProviderConfig {
     fn default() -> Self {
-        DataProviderConfig { users_file: PathBuf::from("users.toml") }
+        DataProviderConfig {
+            users_file: PathBuf::from("users.toml"),
+        }
     }
 }
 
@@ -97,7 +106,10 @@ impl Validated {
 /// Reads the file and the environment and validates the result.
 pub fn load(path: &Path) -> anyhow::Result<Validated> {
     if !path.is_file() {
-        bail!("config file {} not found; pass --config with the path of a TOML file", path.display());
+        bail!(
+            "config file {} not found; pass --config with the path of a TOML file",
+            path.display()
+        );
     }
     let figment = Figment::from(Serialized::defaults(Config::default()))
         .merge(Toml::file_exact(path))
@@ -107,8 +119,12 @@ pub fn load(path: &Path) -> anyhow::Result<Validated> {
         .map_err(|e| anyhow::anyhow!(format_figment_error(e)))
         .with_context(|| format!("invalid config file {}", path.display()))?;
 
-    let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let base = std::fs::canonicalize(base).with_context(|| format!("cannot resolve {}", base.display()))?;
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let base = std::fs::canonicalize(base)
+        .with_context(|| format!("cannot resolve {}", base.display()))?;
     config.common.state_dir = base.join(&config.common.state_dir);
     config.data_provider.users_file = base.join(&config.data_provider.users_file);
     config.httpclient.resolve_paths(&base);
@@ -117,16 +133,26 @@ pub fn load(path: &Path) -> anyhow::Result<Validated> {
     config.webdavd.resolve_paths(&base);
 
     let mut errors = Vec::new();
-    let hooks = validate_common(&config.common, &mut errors);
+    let mut hooks = validate_common(&config.common, &mut errors);
+    hooks.defender = config.defender.clone();
     config.httpclient.validate("httpclient", &mut errors);
     config.sftpd.validate("sftpd", &mut errors);
     config.ftpd.validate("ftpd", &mut errors);
     config.webdavd.validate("webdavd", &mut errors);
+    config.defender.validate("defender", &mut errors);
     check_listeners(&config, &mut errors);
     if !errors.is_empty() {
-        bail!("invalid configuration in {}:\n  {}", path.display(), errors.join("\n  "));
+        bail!(
+            "invalid configuration in {}:\n  {}",
+            path.display(),
+            errors.join("\n  ")
+        );
     }
-    Ok(Validated { config, hooks, path: path.to_path_buf() })
+    Ok(Validated {
+        config,
+        hooks,
+        path: path.to_path_buf(),
+    })
 }
 
 /// figment reports one error per value; list them all with their key paths.
@@ -135,7 +161,11 @@ fn format_figment_error(error: figment::Error) -> String {
         .into_iter()
         .map(|e| {
             let key = e.path.join(".");
-            let source = e.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| m.name.to_string())
+                .unwrap_or_default();
             if key.is_empty() {
                 format!("{} ({source})", e.kind)
             } else {
@@ -150,11 +180,17 @@ fn validate_common(common: &CommonConfig, errors: &mut Vec<String>) -> HooksConf
     let mut hooks = HooksConfig::default();
     match HookTarget::parse(&common.post_login_hook) {
         Ok(target) => hooks.post_login_hook = target,
-        Err(e) => errors.push(format!("common.post_login_hook = {:?}: {e}", common.post_login_hook)),
+        Err(e) => errors.push(format!(
+            "common.post_login_hook = {:?}: {e}",
+            common.post_login_hook
+        )),
     }
     match HookTarget::parse(&common.post_connect_hook) {
         Ok(target) => hooks.post_connect_hook = target,
-        Err(e) => errors.push(format!("common.post_connect_hook = {:?}: {e}", common.post_connect_hook)),
+        Err(e) => errors.push(format!(
+            "common.post_connect_hook = {:?}: {e}",
+            common.post_connect_hook
+        )),
     }
     match Scope::from_setting(common.post_login_scope) {
         Some(scope) => hooks.post_login_scope = scope,
@@ -175,6 +211,10 @@ fn validate_common(common: &CommonConfig, errors: &mut Vec<String>) -> HooksConf
     hooks.post_login_queue_size = common.post_login_queue_size;
     hooks.post_login_max_concurrent = common.post_login_max_concurrent;
     hooks.program_timeout = Duration::from_secs(common.hook_program_timeout);
+    hooks.limits = ferry_hooks::ConnectionLimits {
+        max_total: common.max_total_connections,
+        max_per_host: common.max_per_host_connections,
+    };
     hooks
 }
 
@@ -187,11 +227,25 @@ fn check_listeners(config: &Config, errors: &mut Vec<String>) {
         .bindings
         .iter()
         .map(|b| ("sftpd", b.address.as_str(), b.port))
-        .chain(config.ftpd.bindings.iter().map(|b| ("ftpd", b.address.as_str(), b.port)))
-        .chain(config.webdavd.bindings.iter().map(|b| ("webdavd", b.address.as_str(), b.port)));
+        .chain(
+            config
+                .ftpd
+                .bindings
+                .iter()
+                .map(|b| ("ftpd", b.address.as_str(), b.port)),
+        )
+        .chain(
+            config
+                .webdavd
+                .bindings
+                .iter()
+                .map(|b| ("webdavd", b.address.as_str(), b.port)),
+        );
     for (section, address, port) in listeners {
         if port != 0 && !seen.insert((address.to_owned(), port)) {
-            errors.push(format!("{section}.bindings: {address}:{port} is used by more than one listener"));
+            errors.push(format!(
+                "{section}.bindings: {address}:{port} is used by more than one listener"
+            ));
         }
     }
 }
@@ -217,7 +271,9 @@ fn redact(value: &mut toml::Value, key: Option<&str>) {
             }
         }
         toml::Value::Array(items) => items.iter_mut().for_each(|v| redact(v, key)),
-        toml::Value::String(text) if matches!(key, Some("post_login_hook" | "post_connect_hook")) => {
+        toml::Value::String(text)
+            if matches!(key, Some("post_login_hook" | "post_connect_hook")) =>
+        {
             if let Ok(mut url) = ferry_hooks::Url::parse(text)
                 && url.password().is_some()
             {

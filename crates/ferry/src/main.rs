@@ -72,9 +72,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let password = input.strip_suffix('\n').unwrap_or(&input);
             let password = password.strip_suffix('\r').unwrap_or(password);
             if password.is_empty() {
-                anyhow::bail!("empty password on stdin; pipe the password in, for example: echo 'secret' | ferry hash-password");
+                anyhow::bail!(
+                    "empty password on stdin; pipe the password in, for example: echo 'secret' | ferry hash-password"
+                );
             }
-            println!("{}", ferry_users::hash_password(password).map_err(anyhow::Error::msg)?);
+            println!(
+                "{}",
+                ferry_users::hash_password(password).map_err(anyhow::Error::msg)?
+            );
             Ok(())
         }
     }

@@ -32,8 +32,12 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
 async fn serve(validated: config::Validated) -> anyhow::Result<()> {
     let config = &validated.config;
     let grace = validated.shutdown_timeout();
-    std::fs::create_dir_all(&config.common.state_dir)
-        .with_context(|| format!("cannot create state directory {}", config.common.state_dir.display()))?;
+    std::fs::create_dir_all(&config.common.state_dir).with_context(|| {
+        format!(
+            "cannot create state directory {}",
+            config.common.state_dir.display()
+        )
+    })?;
 
     let users = Arc::new(UserStore::load(&config.data_provider.users_file)?);
     let hooks = Hooks::new(validated.hooks.clone(), &config.httpclient)?;
@@ -43,9 +47,13 @@ async fn serve(validated: config::Validated) -> anyhow::Result<()> {
     let mut services = JoinSet::new();
     let mut started = Vec::new();
     if !config.sftpd.bindings.is_empty() {
-        let server = ferry_ssh::Server::bind(config.sftpd.clone(), logins.clone(), &config.common.state_dir)
-            .await
-            .context("cannot start the SSH service")?;
+        let server = ferry_ssh::Server::bind(
+            config.sftpd.clone(),
+            logins.clone(),
+            &config.common.state_dir,
+        )
+        .await
+        .context("cannot start the SSH service")?;
         services.spawn(server.serve(shutdown.clone(), grace));
         started.push("SSH");
     }
@@ -75,7 +83,10 @@ async fn serve(validated: config::Validated) -> anyhow::Result<()> {
     }
 
     wait_for_stop(&users).await?;
-    info!(grace_secs = grace.as_secs(), "shutting down; open connections may finish");
+    info!(
+        grace_secs = grace.as_secs(),
+        "shutting down; open connections may finish"
+    );
     shutdown.cancel();
     while let Some(result) = services.join_next().await {
         if let Err(e) = result {

@@ -193,6 +193,8 @@ pub struct HooksConfig {
     pub post_login_max_concurrent: usize,
     /// Time allowed to a hook program before its process group is killed.
     pub program_timeout: std::time::Duration,
+    pub defender: crate::DefenderConfig,
+    pub limits: crate::ConnectionLimits,
 }
 
 impl Default for HooksConfig {
@@ -204,6 +206,8 @@ impl Default for HooksConfig {
             post_login_queue_size: 1024,
             post_login_max_concurrent: 8,
             program_timeout: std::time::Duration::from_secs(20),
+            defender: crate::DefenderConfig::default(),
+            limits: crate::ConnectionLimits::default(),
         }
     }
 }

@@ -11,6 +11,7 @@
 
 mod config;
 mod event;
+mod gate;
 mod http;
 mod program;
 mod queue;
@@ -26,10 +27,12 @@ use tracing::{info, warn};
 
 pub use config::{ClientCertificate, HookTarget, HooksConfig, HttpClientConfig, HttpHeader, Scope};
 pub use event::{LoginEvent, LoginMethod, Protocol, canonical_ip, new_connection_id};
+pub use gate::{ConnectionLimits, ConnectionPermit, DefenderConfig, parse_net};
 pub use queue::HookStats;
 /// The URL type of hook targets.
 pub use reqwest::Url;
 
+use gate::{ConnectionCounter, Defender};
 use http::HttpClient;
 use queue::{Counters, Queue};
 
@@ -51,6 +54,12 @@ pub enum Rejection {
     /// or could not be run.
     #[error("rejected by the post-connect hook: {0}")]
     PostConnectHook(String),
+    /// The address is banned after repeated login failures.
+    #[error("address banned for {0:?} after repeated login failures")]
+    Banned(Duration),
+    /// A connection limit is reached.
+    #[error("{0}")]
+    TooManyConnections(&'static str),
 }
 
 /// The connect gate and the post-login dispatcher, shared by every listener.
@@ -61,6 +70,8 @@ pub struct Hooks {
 
 struct Inner {
     config: HooksConfig,
+    defender: Defender,
+    connections: ConnectionCounter,
     http: HttpClient,
     queue: Queue,
     counters: Counters,
@@ -78,6 +89,8 @@ impl Hooks {
         let workers = config.post_login_max_concurrent.max(1);
         let hooks = Hooks {
             inner: Arc::new(Inner {
+                defender: Defender::new(config.defender.clone()),
+                connections: ConnectionCounter::default(),
                 config,
                 http,
                 queue,
@@ -102,8 +115,10 @@ impl Hooks {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Decides whether a new connection may continue, by running the post-connect hook when
-    /// one is configured. Runs before the protocol sends anything to the client.
+    /// Decides whether a new connection may continue: a banned address is rejected first,
+    /// then the connection limits apply, then the post-connect hook runs when one is
+    /// configured. Call it before the protocol sends anything to the client, and keep the
+    /// returned permit for as long as the connection stays open.
     ///
     /// # Cancel safety
     /// Cancelling the future kills a running hook program (its child is killed on drop).
@@ -112,8 +127,26 @@ impl Hooks {
         ip: IpAddr,
         protocol: Protocol,
         connection_id: &str,
-    ) -> Result<(), Rejection> {
+    ) -> Result<ConnectionPermit, Rejection> {
         let ip = canonical_ip(ip);
+        if let Some(left) = self.inner.defender.banned(ip) {
+            info!(%protocol, %ip, connection_id, ban_left_secs = left.as_secs(), "connection from a banned address rejected");
+            return Err(Rejection::Banned(left));
+        }
+        let permit = self.inner.connections.try_acquire(ip, self.inner.config.limits).map_err(|reason| {
+            warn!(%protocol, %ip, connection_id, reason, "connection rejected by the connection limits");
+            Rejection::TooManyConnections(reason)
+        })?;
+        self.run_post_connect(ip, protocol, connection_id).await?;
+        Ok(permit)
+    }
+
+    async fn run_post_connect(
+        &self,
+        ip: IpAddr,
+        protocol: Protocol,
+        connection_id: &str,
+    ) -> Result<(), Rejection> {
         let Some(target) = &self.inner.config.post_connect_hook else {
             return Ok(());
         };
@@ -150,6 +183,9 @@ impl Hooks {
     pub fn login(&self, mut event: LoginEvent) {
         event.ip = canonical_ip(event.ip);
         log_login(&event);
+        if !event.success {
+            self.inner.defender.record_failure(event.ip);
+        }
         if self.inner.config.post_login_hook.is_none()
             || !self.inner.config.post_login_scope.includes(event.success)
         {
