@@ -54,6 +54,8 @@ pub struct CommonConfig {
     pub max_total_connections: usize,
     /// Open connections from one client address; 0 means unlimited.
     pub max_per_host_connections: usize,
+    /// Addresses or CIDRs of proxies whose PROXY protocol headers are believed.
+    pub proxy_allowed: Vec<String>,
 }
 
 impl Default for CommonConfig {
@@ -70,6 +72,7 @@ impl Default for CommonConfig {
             shutdown_timeout: 30,
             max_total_connections: 0,
             max_per_host_connections: 20,
+            proxy_allowed: Vec::new(),
         }
     }
 }
@@ -198,6 +201,13 @@ fn validate_common(common: &CommonConfig, errors: &mut Vec<String>) -> HooksConf
             "common.post_login_scope = {}: expected 0 (all logins), 1 (failed only) or 2 (successful only)",
             common.post_login_scope
         )),
+    }
+    for (i, entry) in common.proxy_allowed.iter().enumerate() {
+        if ferry_hooks::parse_net(entry).is_none() {
+            errors.push(format!(
+                "common.proxy_allowed[{i}] = {entry:?}: expected an IP address or CIDR"
+            ));
+        }
     }
     if common.post_login_queue_size == 0 {
         errors.push("common.post_login_queue_size = 0: must be at least 1".into());

@@ -14,6 +14,7 @@ mod event;
 mod gate;
 mod http;
 mod program;
+mod proxy;
 mod queue;
 
 use std::net::IpAddr;
@@ -28,6 +29,7 @@ use tracing::{info, warn};
 pub use config::{ClientCertificate, HookTarget, HooksConfig, HttpClientConfig, HttpHeader, Scope};
 pub use event::{LoginEvent, LoginMethod, Protocol, canonical_ip, new_connection_id};
 pub use gate::{ConnectionLimits, ConnectionPermit, DefenderConfig, parse_net};
+pub use proxy::{ProxyError, ProxyMode, read_client_address};
 pub use queue::HookStats;
 /// The URL type of hook targets.
 pub use reqwest::Url;
