@@ -18,7 +18,8 @@ fn check_config(dir: &std::path::Path, config: &str) -> std::process::Output {
     run(command, Duration::from_secs(30))
 }
 
-const NO_SERVICES: &str = "[sftpd]\nbindings = []\n[ftpd]\nbindings = []\n[webdavd]\nbindings = []\n";
+const NO_SERVICES: &str =
+    "[sftpd]\nbindings = []\n[ftpd]\nbindings = []\n[webdavd]\nbindings = []\n";
 
 #[test]
 fn hash_password_verifies() {
@@ -53,15 +54,24 @@ fn check_config_lists_every_error() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("common.post_login_scope = 7"), "{stderr}");
-    assert!(stderr.contains("common.post_login_hook = \"hooks/login.sh\""), "{stderr}");
-    assert!(stderr.contains("common.post_connect_hook = \"ftp://example.invalid/\""), "{stderr}");
+    assert!(
+        stderr.contains("common.post_login_hook = \"hooks/login.sh\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("common.post_connect_hook = \"ftp://example.invalid/\""),
+        "{stderr}"
+    );
     assert!(stderr.contains("httpclient.timeout = 0"), "{stderr}");
 }
 
 #[test]
 fn check_config_rejects_unknown_key() {
     let dir = tempfile::tempdir().unwrap();
-    let output = check_config(dir.path(), &format!("[common]\npost_login_hok = \"\"\n{NO_SERVICES}"));
+    let output = check_config(
+        dir.path(),
+        &format!("[common]\npost_login_hok = \"\"\n{NO_SERVICES}"),
+    );
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("post_login_hok"), "{stderr}");
@@ -70,10 +80,16 @@ fn check_config_rejects_unknown_key() {
 #[test]
 fn check_config_rejects_missing_hook_program() {
     let dir = tempfile::tempdir().unwrap();
-    let output = check_config(dir.path(), &format!("[common]\npost_login_hook = \"/nonexistent/hook\"\n{NO_SERVICES}"));
+    let output = check_config(
+        dir.path(),
+        &format!("[common]\npost_login_hook = \"/nonexistent/hook\"\n{NO_SERVICES}"),
+    );
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("common.post_login_hook = \"/nonexistent/hook\""), "{stderr}");
+    assert!(
+        stderr.contains("common.post_login_hook = \"/nonexistent/hook\""),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -86,7 +102,11 @@ fn check_config_hides_secrets() {
     );
     let output = check_config(dir.path(), &config);
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(!stdout.contains("s3cret-token"), "{stdout}");
     assert!(!stdout.contains("s3cret-pass"), "{stdout}");
     assert!(stdout.contains("Authorization"), "{stdout}");
@@ -95,7 +115,11 @@ fn check_config_hides_secrets() {
 #[test]
 fn check_config_reports_bad_users_file() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("users.toml"), "[[users]]\nusername = \"a\"\nhome_dir = \"h\"\npassword = \"plain\"\n").unwrap();
+    std::fs::write(
+        dir.path().join("users.toml"),
+        "[[users]]\nusername = \"a\"\nhome_dir = \"h\"\npassword = \"plain\"\n",
+    )
+    .unwrap();
     let output = check_config(dir.path(), NO_SERVICES);
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -109,7 +133,11 @@ fn env_overrides_file() {
     std::fs::write(&path, NO_SERVICES).unwrap();
     std::fs::write(dir.path().join("users.toml"), "").unwrap();
     let mut command = Command::new(ferry_bin());
-    command.env("FERRY_COMMON__POST_LOGIN_SCOPE", "9").arg("check-config").arg("--config").arg(&path);
+    command
+        .env("FERRY_COMMON__POST_LOGIN_SCOPE", "9")
+        .arg("check-config")
+        .arg("--config")
+        .arg(&path);
     let output = run(command, Duration::from_secs(30));
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("common.post_login_scope = 9"));
@@ -130,5 +158,9 @@ fn shipped_config_is_valid() {
     let mut command = Command::new(ferry_bin());
     command.arg("check-config").arg("--config").arg(config);
     let output = run(command, Duration::from_secs(30));
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

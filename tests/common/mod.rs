@@ -93,7 +93,10 @@ impl Default for Setup {
 impl Setup {
     /// Adds `line` (TOML such as `max_auth_tries = 2`) to `[section]`.
     pub fn set(mut self, section: &str, line: &str) -> Setup {
-        self.sections.entry(section.to_owned()).or_default().push(line.to_owned());
+        self.sections
+            .entry(section.to_owned())
+            .or_default()
+            .push(line.to_owned());
         self
     }
 
@@ -162,7 +165,12 @@ impl TestServer {
         std::fs::write(root.join("users.toml"), users).unwrap();
 
         let mut sections = setup.sections.clone();
-        let mut add = |section: &str, line: String| sections.entry(section.to_owned()).or_default().insert(0, line);
+        let mut add = |section: &str, line: String| {
+            sections
+                .entry(section.to_owned())
+                .or_default()
+                .insert(0, line)
+        };
         add("data_provider", "users_file = \"users.toml\"".into());
         add("common", "state_dir = \"state\"".into());
         add("common", "shutdown_timeout = 5".into());
@@ -178,20 +186,62 @@ impl TestServer {
                         root.join("events.log").display()
                     ),
                 );
-                add("common", format!("post_login_hook = \"{}\"", script.display()));
+                add(
+                    "common",
+                    format!("post_login_hook = \"{}\"", script.display()),
+                );
                 None
             }
             LoginHook::Http => {
                 let receiver = HttpReceiver::start();
-                add("common", format!("post_login_hook = \"{}/login\"", receiver.url()));
+                add(
+                    "common",
+                    format!("post_login_hook = \"{}/login\"", receiver.url()),
+                );
                 Some(receiver)
             }
         };
         let passive = free_port_range(20);
-        add("sftpd", format!("bindings = [{}]", if setup.ssh { "{ address = \"127.0.0.1\", port = 0 }" } else { "" }));
-        add("ftpd", format!("bindings = [{}]", if setup.ftp { "{ address = \"127.0.0.1\", port = 0 }" } else { "" }));
-        add("ftpd", format!("passive_port_range = {{ start = {}, end = {} }}", passive.0, passive.1));
-        add("webdavd", format!("bindings = [{}]", if setup.dav { "{ address = \"127.0.0.1\", port = 0 }" } else { "" }));
+        add(
+            "sftpd",
+            format!(
+                "bindings = [{}]",
+                if setup.ssh {
+                    "{ address = \"127.0.0.1\", port = 0 }"
+                } else {
+                    ""
+                }
+            ),
+        );
+        add(
+            "ftpd",
+            format!(
+                "bindings = [{}]",
+                if setup.ftp {
+                    "{ address = \"127.0.0.1\", port = 0 }"
+                } else {
+                    ""
+                }
+            ),
+        );
+        add(
+            "ftpd",
+            format!(
+                "passive_port_range = {{ start = {}, end = {} }}",
+                passive.0, passive.1
+            ),
+        );
+        add(
+            "webdavd",
+            format!(
+                "bindings = [{}]",
+                if setup.dav {
+                    "{ address = \"127.0.0.1\", port = 0 }"
+                } else {
+                    ""
+                }
+            ),
+        );
 
         let mut config = String::new();
         for (section, lines) in &sections {
@@ -206,7 +256,12 @@ impl TestServer {
         std::fs::write(&config_path, &config).unwrap();
 
         let mut child = Command::new(ferry_bin())
-            .args(["--log-format", "json", "--log-level", "info,ferry=debug,ferry_ssh=debug,ferry_ftp=debug,ferry_dav=debug"])
+            .args([
+                "--log-format",
+                "json",
+                "--log-level",
+                "info,ferry=debug,ferry_ssh=debug,ferry_ftp=debug,ferry_dav=debug",
+            ])
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
@@ -243,11 +298,14 @@ impl TestServer {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             for line in self.log_lines() {
-                let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+                let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
                 if value["message"] != "listening" {
                     continue;
                 }
-                let addr: Option<SocketAddr> = value["address"].as_str().and_then(|a| a.parse().ok());
+                let addr: Option<SocketAddr> =
+                    value["address"].as_str().and_then(|a| a.parse().ok());
                 match value["protocol"].as_str() {
                     Some("SSH") => self.ssh_addr = addr,
                     Some("FTP") => self.ftp_addr = addr,
@@ -258,15 +316,25 @@ impl TestServer {
             let ready = (!setup.ssh || self.ssh_addr.is_some())
                 && (!setup.ftp || self.ftp_addr.is_some())
                 && (!setup.dav || self.dav_addr.is_some());
-            let has_started = self.log_lines().iter().any(|l| l.contains("\"ferry started\""));
+            let has_started = self
+                .log_lines()
+                .iter()
+                .any(|l| l.contains("\"ferry started\""));
             if ready && has_started {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 std::thread::sleep(Duration::from_millis(100));
-                panic!("ferry exited with {status} before listening:\n{}", self.log_lines().join("\n"));
+                panic!(
+                    "ferry exited with {status} before listening:\n{}",
+                    self.log_lines().join("\n")
+                );
             }
-            assert!(Instant::now() < deadline, "ferry did not start in time:\n{}", self.log_lines().join("\n"));
+            assert!(
+                Instant::now() < deadline,
+                "ferry did not start in time:\n{}",
+                self.log_lines().join("\n")
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -356,8 +424,13 @@ impl TestServer {
 
     /// Sends SIGTERM and waits for the process to exit; returns whether it exited cleanly.
     pub fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else { return true };
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -431,8 +504,13 @@ pub fn free_port_range(count: u16) -> (u16, u16) {
 
 /// Runs a command with stdin from `input`, killing it after `timeout`.
 pub fn run_with_input(mut command: Command, input: &[u8], timeout: Duration) -> Output {
-    command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
     let mut stdin = child.stdin.take().unwrap();
     let input = input.to_vec();
     let writer = std::thread::spawn(move || {
@@ -445,8 +523,13 @@ pub fn run_with_input(mut command: Command, input: &[u8], timeout: Duration) -> 
 
 /// Runs a command with no stdin, killing it after `timeout`.
 pub fn run(mut command: Command, timeout: Duration) -> Output {
-    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = command.spawn().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
     wait_with_timeout(child, timeout)
 }
 
@@ -474,18 +557,28 @@ fn wait_with_timeout(mut child: Child, timeout: Duration) -> Output {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    Output { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
 }
 
 /// OpenSSH client options for tests: no host key prompts, no config files, no agent.
 pub fn ssh_options(port: u16) -> Vec<String> {
     [
-        "-F", "/dev/null",
-        "-o", "StrictHostKeyChecking=no",
-        "-o", "UserKnownHostsFile=/dev/null",
-        "-o", "LogLevel=ERROR",
-        "-o", "IdentityAgent=none",
-        "-o", "ConnectTimeout=10",
+        "-F",
+        "/dev/null",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "IdentityAgent=none",
+        "-o",
+        "ConnectTimeout=10",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -506,7 +599,12 @@ pub fn sftp_batch_with_key(server: &TestServer, user: &str, key: &Path, batch: &
 }
 
 /// Runs `sftp -b -` logging in with a password through sshpass.
-pub fn sftp_batch_with_password(server: &TestServer, user: &str, password: &str, batch: &str) -> Output {
+pub fn sftp_batch_with_password(
+    server: &TestServer,
+    user: &str,
+    password: &str,
+    batch: &str,
+) -> Output {
     // sftp's -b reads the batch from stdin, so the password goes through sshpass's -e.
     let batch_file = server.root().join(format!("batch-{}.txt", rand_suffix()));
     std::fs::write(&batch_file, batch).unwrap();
@@ -516,9 +614,12 @@ pub fn sftp_batch_with_password(server: &TestServer, user: &str, password: &str,
         .args(["-e", "sftp"])
         .args(ssh_options(server.ssh_port()))
         .args([
-            "-o", "PreferredAuthentications=password",
-            "-o", "PubkeyAuthentication=no",
-            "-o", "NumberOfPasswordPrompts=1",
+            "-o",
+            "PreferredAuthentications=password",
+            "-o",
+            "PubkeyAuthentication=no",
+            "-o",
+            "NumberOfPasswordPrompts=1",
             "-b",
         ])
         .arg(&batch_file)
@@ -529,7 +630,11 @@ pub fn sftp_batch_with_password(server: &TestServer, user: &str, password: &str,
 pub fn rand_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Writes `size` bytes of pseudo-random data to `path` without holding them in memory.
@@ -556,8 +661,16 @@ pub fn write_random_file(path: &Path, size: u64) {
 /// SHA-256 of a file, computed by `sha256sum`.
 pub fn sha256(path: &Path) -> String {
     let output = Command::new("sha256sum").arg(path).output().unwrap();
-    assert!(output.status.success(), "sha256sum failed on {}", path.display());
-    String::from_utf8_lossy(&output.stdout).split_whitespace().next().unwrap().to_owned()
+    assert!(
+        output.status.success(),
+        "sha256sum failed on {}",
+        path.display()
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
 }
 
 /// A minimal HTTP/1.1 server that records requests and answers with a chosen status.
@@ -579,7 +692,10 @@ pub struct Request {
 
 impl Request {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -590,7 +706,11 @@ impl HttpReceiver {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(Mutex::new(200));
         let delay = Arc::new(Mutex::new(Duration::ZERO));
-        let (r, s, d) = (Arc::clone(&requests), Arc::clone(&status), Arc::clone(&delay));
+        let (r, s, d) = (
+            Arc::clone(&requests),
+            Arc::clone(&status),
+            Arc::clone(&delay),
+        );
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
@@ -598,7 +718,12 @@ impl HttpReceiver {
                 std::thread::spawn(move || serve_http(stream, &r, &s, &d));
             }
         });
-        HttpReceiver { addr, requests, status, delay }
+        HttpReceiver {
+            addr,
+            requests,
+            status,
+            delay,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -628,7 +753,10 @@ impl HttpReceiver {
                     user: v["username"].as_str().unwrap().into(),
                     ip: v["ip"].as_str().unwrap().into(),
                     method: v["login_method"].as_str().unwrap().into(),
-                    status: v["status"].as_u64().expect("status must be a JSON number").to_string(),
+                    status: v["status"]
+                        .as_u64()
+                        .expect("status must be a JSON number")
+                        .to_string(),
                     protocol: v["protocol"].as_str().unwrap().into(),
                 }
             })
@@ -636,7 +764,12 @@ impl HttpReceiver {
     }
 }
 
-fn serve_http(stream: TcpStream, requests: &Mutex<Vec<Request>>, status: &Mutex<u16>, delay: &Mutex<Duration>) {
+fn serve_http(
+    stream: TcpStream,
+    requests: &Mutex<Vec<Request>>,
+    status: &Mutex<u16>,
+    delay: &Mutex<Duration>,
+) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut writer = stream;
     loop {
@@ -672,7 +805,12 @@ fn serve_http(stream: TcpStream, requests: &Mutex<Vec<Request>>, status: &Mutex<
         let wait = *delay.lock().unwrap();
         std::thread::sleep(wait);
         let code = *status.lock().unwrap();
-        requests.lock().unwrap().push(Request { method, target, headers, body: String::from_utf8_lossy(&body).into_owned() });
+        requests.lock().unwrap().push(Request {
+            method,
+            target,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
         let reply = format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n");
         if writer.write_all(reply.as_bytes()).is_err() {
             return;

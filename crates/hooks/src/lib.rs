@@ -232,19 +232,20 @@ impl Hooks {
 }
 
 /// Writes the login line that operators and fail2ban read. Failures are logged at warn with
-/// the stable message `login failed` and an `ip=` field.
+/// the stable message `login failed`, then `protocol` and `ip`. The user name is quoted and
+/// escaped (Debug), so a crafted name cannot imitate the `ip=` field for a log reader.
 fn log_login(event: &LoginEvent) {
     if event.success {
         info!(
             target: "ferry::login",
-            protocol = %event.protocol, ip = %event.ip, user = %event.username,
+            protocol = %event.protocol, ip = %event.ip, user = ?event.username,
             method = %event.method, connection_id = %event.connection_id,
             "login succeeded"
         );
     } else {
         warn!(
             target: "ferry::login",
-            protocol = %event.protocol, ip = %event.ip, user = %event.username,
+            protocol = %event.protocol, ip = %event.ip, user = ?event.username,
             method = %event.method, connection_id = %event.connection_id,
             "login failed"
         );
