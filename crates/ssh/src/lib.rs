@@ -1,5 +1,7 @@
 //! SSH server: authentication, the SFTP subsystem and SCP. (Being built.)
 
+pub mod sftp;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;

@@ -1,0 +1,102 @@
+//! The SFTP subsystem: an SFTP version 3 server (draft-ietf-secsh-filexfer-02 as OpenSSH
+//! implements it) over any byte stream, serving a user's [`Vfs`].
+//!
+//! Besides the v3 requests it serves the OpenSSH extensions `posix-rename@openssh.com`,
+//! `statvfs@openssh.com`, `fstatvfs@openssh.com`, `fsync@openssh.com`,
+//! `limits@openssh.com` and `expand-path@openssh.com`, and `copy-data`. Hard links are not
+//! offered, because [`Vfs`] cannot make them.
+//!
+//! Requests run concurrently and replies go out in the order requests finish, which the
+//! protocol allows; requests on the same handle keep their order where they overlap (see
+//! `order`). Layout: `packet` is the wire format without I/O, `session` the loop that reads,
+//! dispatches and writes, `ops` the operations, `handle` the open handles and `longname` the
+//! `ls -l` lines of directory listings.
+//!
+//! Every length the client controls is bounded: packets by [`MAX_PACKET_LEN`], READ lengths
+//! by [`MAX_READ_LEN`], open handles by [`MAX_HANDLES`], queued requests by
+//! [`QUEUE_BUDGET`] bytes and running requests by [`MAX_IN_FLIGHT`].
+
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod handle;
+mod longname;
+mod ops;
+mod order;
+pub mod packet;
+mod session;
+
+use ferry_vfs::Vfs;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// The largest packet body accepted, in bytes after the length field: room for a WRITE of
+/// 256 KiB with its header. A longer packet ends the session, so that a client cannot make
+/// the server allocate what it likes.
+pub const MAX_PACKET_LEN: u32 = 256 * 1024 + 1024;
+
+/// The most bytes one READ returns; longer requests get a short read, which clients
+/// handle by asking for the rest. 255 KiB keeps a DATA reply within the 256 KiB messages
+/// that OpenSSH's client accepts.
+pub const MAX_READ_LEN: u32 = 255 * 1024;
+
+/// The WRITE length announced in `limits@openssh.com`. OpenSSH's client writes this much per
+/// request; longer writes are accepted up to [`MAX_PACKET_LEN`].
+pub const MAX_WRITE_LEN: u32 = 255 * 1024;
+
+/// Open file and directory handles per session. OpenSSH's client also keeps no more requests
+/// in flight than this.
+pub const MAX_HANDLES: usize = 256;
+
+/// Requests that run at once in one session. A request holds its place until its reply is
+/// written, so READ replies waiting for the channel take at most this many times
+/// [`MAX_READ_LEN`] of memory.
+pub const MAX_IN_FLIGHT: usize = 64;
+
+/// Bytes of requests read from the stream but not yet answered. Reading pauses above it;
+/// it fits the 64 requests of 255 KiB that OpenSSH's client pipelines.
+pub const QUEUE_BUDGET: usize = 32 * 1024 * 1024;
+
+/// READDIR entries per NAME reply, as OpenSSH's sftp-server sends them.
+const READDIR_BATCH: usize = 100;
+
+/// Why an SFTP session ended early.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SftpError {
+    #[error("sftp stream failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The client sent a packet that is not valid SFTP.
+    #[error("malformed sftp packet: {0}")]
+    Malformed(#[from] packet::DecodeError),
+    #[error("sftp packet of {len} bytes is longer than the limit of {max} bytes")]
+    PacketTooLong { len: u32, max: u32 },
+    #[error("sftp session must start with INIT, not {0}")]
+    MissingInit(&'static str),
+    #[error("sftp version {0} is not supported: the client must offer version 3 or later")]
+    UnsupportedVersion(u32),
+    #[error("sftp INIT sent twice")]
+    RepeatedInit,
+}
+
+/// Serves one SFTP session on `stream` until the client closes it.
+///
+/// Every path is resolved inside `vfs`. Handles still open when the session ends are
+/// closed without publishing, so an upload that never got its CLOSE leaves the old file as
+/// it was. An error means the client broke the protocol or the stream failed; the session
+/// is over either way.
+pub async fn serve<S>(stream: S, vfs: Vfs, connection_id: String) -> Result<(), SftpError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tracing::debug!(%connection_id, "sftp session started");
+    let result = session::run(stream, vfs).await;
+    match &result {
+        Ok(()) => tracing::debug!(%connection_id, "sftp session ended"),
+        Err(error) => tracing::warn!(%connection_id, %error, "sftp session ended with an error"),
+    }
+    result
+}
