@@ -5,7 +5,8 @@
 //! of them writes and their byte ranges overlap, so reads of one file run in parallel,
 //! non-overlapping writes run in parallel, and a CLOSE (which covers the whole file) waits
 //! for every earlier READ and WRITE on its handle. The bookkeeping happens synchronously in
-//! the dispatcher, in arrival order; only the waiting is asynchronous.
+//! the dispatcher, in arrival order; only the waiting is asynchronous. Replies to requests on
+//! one handle also go out in arrival order (see [`ReplyOrder`]).
 
 use std::ops::Range;
 
@@ -109,6 +110,41 @@ impl Gate {
     }
 }
 
+/// Keeps the replies to the requests on one handle in arrival order, whatever order the
+/// requests finish in. OpenSSH's client needs this: it truncates an `scp` download, or
+/// refuses to resume one, at the first READ reply that arrives ahead of an earlier one.
+#[derive(Default)]
+pub struct ReplyOrder {
+    last: Option<CancellationToken>,
+}
+
+impl ReplyOrder {
+    /// Takes the next place in line. Call in arrival order.
+    pub fn next(&mut self) -> Turn {
+        let sent = CancellationToken::new();
+        let previous = self.last.replace(sent.clone());
+        Turn {
+            previous,
+            _sent: sent.drop_guard(),
+        }
+    }
+}
+
+/// A reply's place in a [`ReplyOrder`]: [`wait`](Turn::wait) returns once the reply before
+/// it has been queued for sending, and dropping the turn lets the next reply go.
+pub struct Turn {
+    previous: Option<CancellationToken>,
+    _sent: DropGuard,
+}
+
+impl Turn {
+    pub async fn wait(&mut self) {
+        if let Some(previous) = self.previous.take() {
+            previous.cancelled().await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -189,6 +225,36 @@ mod tests {
         let _gate = tracker.enter(Access::Read, Span::whole());
         assert_eq!(tracker.running(), 1);
         assert_eq!(tracker.running.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn replies_wait_for_earlier_ones() {
+        let mut order = ReplyOrder::default();
+        let mut first = order.next();
+        let mut second = order.next();
+        let mut third = order.next();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), first.wait())
+                .await
+                .is_ok()
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), third.wait())
+                .await
+                .is_err()
+        );
+        drop(first);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), second.wait())
+                .await
+                .is_ok()
+        );
+        drop(second);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), third.wait())
+                .await
+                .is_ok()
+        );
     }
 
     #[test]

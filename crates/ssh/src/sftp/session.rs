@@ -25,7 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::handle::{self, Handle};
 use super::ops::{self, Failure, OpResult};
-use super::order::{Access, Gate, Span, Tracker};
+use super::order::{Access, Gate, ReplyOrder, Span, Tracker, Turn};
 use super::packet::{Extended, Request, Response, StatusCode, ext, open_flags};
 use super::{
     MAX_HANDLES, MAX_IN_FLIGHT, MAX_PACKET_LEN, MAX_READ_LEN, MAX_WRITE_LEN, QUEUE_BUDGET,
@@ -81,6 +81,8 @@ struct Completion {
     result: OpResult,
     effect: Effect,
     ticket: Ticket,
+    /// The reply's place among the replies on its handle, released once it is queued.
+    turn: Option<Turn>,
 }
 
 type Running = Pin<Box<dyn Future<Output = Completion> + Send>>;
@@ -89,6 +91,7 @@ type Running = Pin<Box<dyn Future<Output = Completion> + Send>>;
 struct Slot {
     handle: Arc<Handle>,
     tracker: Tracker,
+    replies: ReplyOrder,
 }
 
 /// Serves one session until the client closes the stream. See the module documentation.
@@ -326,6 +329,7 @@ impl Dispatcher {
                 let slot = Slot {
                     handle: Arc::from(handle),
                     tracker: Tracker::default(),
+                    replies: ReplyOrder::default(),
                 };
                 self.handles.insert(handle_id, slot);
                 result = Ok(Response::Handle {
@@ -334,19 +338,35 @@ impl Dispatcher {
                 });
             }
         }
-        self.send(done.id, result, done.ticket)
+        self.send(done.id, result, done.ticket)?;
+        // The reply is queued; the next reply on the same handle may follow it.
+        drop(done.turn);
+        Ok(())
     }
 
     fn spawn<F>(&mut self, id: u32, ticket: Ticket, work: F)
     where
         F: Future<Output = OpResult> + Send + 'static,
     {
+        self.spawn_in_turn(id, ticket, None, work);
+    }
+
+    /// Runs a request; with a turn, its reply waits for the replies before it on its handle.
+    fn spawn_in_turn<F>(&mut self, id: u32, ticket: Ticket, mut turn: Option<Turn>, work: F)
+    where
+        F: Future<Output = OpResult> + Send + 'static,
+    {
         self.running.push(Box::pin(async move {
+            let result = work.await;
+            if let Some(turn) = turn.as_mut() {
+                turn.wait().await;
+            }
             Completion {
                 id,
-                result: work.await,
+                result,
                 effect: Effect::None,
                 ticket,
+                turn,
             }
         }));
     }
@@ -362,12 +382,13 @@ impl Dispatcher {
         handle: &[u8],
         access: Access,
         span: Span,
-    ) -> Result<(Arc<Handle>, Gate), Failure> {
+    ) -> Result<(Arc<Handle>, Gate, Turn), Failure> {
         let slot = handle::decode_id(handle)
             .and_then(|id| self.handles.get_mut(&id))
             .ok_or_else(invalid_handle)?;
         let gate = slot.tracker.enter(access, span);
-        Ok((Arc::clone(&slot.handle), gate))
+        let turn = slot.replies.next();
+        Ok((Arc::clone(&slot.handle), gate, turn))
     }
 
     fn dispatch(&mut self, frame: Frame, slot: OwnedSemaphorePermit) -> Result<(), SftpError> {
@@ -413,15 +434,17 @@ impl Dispatcher {
                 let Slot {
                     handle,
                     mut tracker,
+                    mut replies,
                 } = slot;
                 let mut gate = tracker.enter(Access::Write, Span::whole());
+                let turn = replies.next();
                 // Publishing an upload changes the namespace.
                 let mut publish = if handle.is_writer() {
                     self.path_gate(Access::Write)
                 } else {
                     Gate::open()
                 };
-                self.spawn(id, ticket, async move {
+                self.spawn_in_turn(id, ticket, Some(turn), async move {
                     gate.wait().await;
                     publish.wait().await;
                     tracing::debug!(id, path = %handle.path, "close");
@@ -439,8 +462,8 @@ impl Dispatcher {
                     id,
                     ticket,
                     &handle,
-                    Access::Read,
-                    span,
+                    (Access::Read, span),
+                    "read",
                     move |h| async move { ops::read(id, &h, offset, len).await },
                 )?;
             }
@@ -459,8 +482,8 @@ impl Dispatcher {
                     id,
                     ticket,
                     &handle,
-                    Access::Write,
-                    span,
+                    (Access::Write, span),
+                    "write",
                     move |h| async move { ops::write(id, &h, offset, data).await },
                 )?;
             }
@@ -469,8 +492,8 @@ impl Dispatcher {
                     id,
                     ticket,
                     &handle,
-                    Access::Read,
-                    Span::whole(),
+                    (Access::Read, Span::whole()),
+                    "fstat",
                     move |h| async move { ops::fstat(id, &h).await },
                 )?;
             }
@@ -479,8 +502,8 @@ impl Dispatcher {
                     id,
                     ticket,
                     &handle,
-                    Access::Write,
-                    Span::whole(),
+                    (Access::Write, Span::whole()),
+                    "fsetstat",
                     move |h| async move { ops::fsetstat(id, &vfs, &h, &attrs).await },
                 )?;
             }
@@ -489,8 +512,8 @@ impl Dispatcher {
                     id,
                     ticket,
                     &handle,
-                    Access::Write,
-                    Span::whole(),
+                    (Access::Write, Span::whole()),
+                    "readdir",
                     move |h| async move { ops::readdir(id, &h) },
                 )?;
             }
@@ -618,8 +641,8 @@ impl Dispatcher {
                     id,
                     ticket,
                     &handle,
-                    Access::Read,
-                    Span::bytes(0, 0),
+                    (Access::Read, Span::bytes(0, 0)),
+                    "fstatvfs",
                     move |h| async move { ops::fstatvfs(id, &vfs, &h).await },
                 )?;
             }
@@ -628,8 +651,8 @@ impl Dispatcher {
                     id,
                     ticket,
                     &handle,
-                    Access::Write,
-                    Span::whole(),
+                    (Access::Write, Span::whole()),
+                    "fsync",
                     move |h| async move { ops::fsync(id, &h).await },
                 )?;
             }
@@ -660,14 +683,15 @@ impl Dispatcher {
                 let write_span = Span::bytes(write_offset, if len == 0 { u64::MAX } else { len });
                 let source = self.handle_gate(&read_handle, Access::Read, read_span);
                 let target = self.handle_gate(&write_handle, Access::Write, write_span);
-                let ((source, mut source_gate), (target, mut target_gate)) = match (source, target)
-                {
+                let (source, target) = match (source, target) {
                     (Ok(source), Ok(target)) => (source, target),
                     (Err(failure), _) | (_, Err(failure)) => {
                         return self.send(id, Err(failure), ticket);
                     }
                 };
-                self.spawn(id, ticket, async move {
+                let (source, mut source_gate, mut source_turn) = source;
+                let (target, mut target_gate, target_turn) = target;
+                self.spawn_in_turn(id, ticket, Some(target_turn), async move {
                     source_gate.wait().await;
                     target_gate.wait().await;
                     tracing::debug!(id, from = %source.path, to = %target.path, "copy-data");
@@ -675,6 +699,9 @@ impl Dispatcher {
                         ops::copy_data(id, &source, read_offset, len, &target, write_offset).await;
                     drop((source, target));
                     drop((source_gate, target_gate));
+                    // The reply is ordered among the target's replies; the source's next
+                    // reply only has to wait until this request is done.
+                    source_turn.wait().await;
                     result
                 });
             }
@@ -732,20 +759,25 @@ impl Dispatcher {
         id: u32,
         ticket: Ticket,
         handle: &[u8],
-        access: Access,
-        span: Span,
+        (access, span): (Access, Span),
+        op: &'static str,
         work: F,
     ) -> Result<(), SftpError>
     where
         F: FnOnce(Arc<Handle>) -> Fut + Send + 'static,
         Fut: Future<Output = OpResult> + Send,
     {
-        let (handle, mut gate) = match self.handle_gate(handle, access, span) {
+        let (handle, mut gate, turn) = match self.handle_gate(handle, access, span) {
             Ok(found) => found,
             Err(failure) => return self.send(id, Err(failure), ticket),
         };
-        self.spawn(id, ticket, async move {
+        self.spawn_in_turn(id, ticket, Some(turn), async move {
             gate.wait().await;
+            if matches!(op, "read" | "write") {
+                tracing::trace!(id, path = %handle.path, op);
+            } else {
+                tracing::debug!(id, path = %handle.path, op);
+            }
             // `work` owns the handle and drops it before the gate marks the request done,
             // so a CLOSE waiting on the gate finds itself the handle's only owner.
             let result = work(handle).await;
@@ -788,6 +820,7 @@ impl Dispatcher {
                 result,
                 effect,
                 ticket,
+                turn: None,
             }
         }));
     }
