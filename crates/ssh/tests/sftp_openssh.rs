@@ -4,6 +4,8 @@
 //! `cargo test` builds the example next to the test binaries. Each test runs the client in
 //! batch mode, checks its exit status and output, and then the files on disk.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,8 @@
 //! The SFTP server driven packet by packet over an in-memory stream: version negotiation,
 //! limits, malformed input, request ordering and the cleanup of unfinished uploads.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::time::Duration;
 
