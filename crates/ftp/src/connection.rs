@@ -1,0 +1,347 @@
+//! One control connection: admission, a libunftp server of its own, the login timeout, and
+//! the state that the authenticator and the storage back-end share.
+//!
+//! libunftp's `Server::service` runs a control connection until it closes but offers no way
+//! to close it from outside. The connection therefore keeps a second handle to the socket:
+//! shutting it down ends libunftp's control loop, which is how the login timeout and the
+//! end of the shutdown grace period close a connection.
+
+use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ferry_hooks::{Protocol, canonical_ip, new_connection_id};
+use ferry_users::Session;
+use ferry_vfs::Vfs;
+use futures::FutureExt;
+use libunftp::options::{FtpsRequired, SiteMd5};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, Span, debug, field, info, info_span, warn};
+
+use crate::auth::{AttemptTracker, PasswordAuthenticator};
+use crate::bridge::{PassivePortBinder, libunftp_logger};
+use crate::config::PassiveHost;
+use crate::storage::VfsStorage;
+use crate::tls::HandshakeCounter;
+use crate::{Listener, Shared};
+
+/// The first line every client gets.
+const GREETING: &str = "Ferry FTP server ready";
+
+/// Time libunftp gets to finish its control loop after the socket was shut down.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Time allowed to send the rejection reply to a client that the admission refused.
+const REJECT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the authenticator, the storage back-end and the connection task share.
+pub(crate) struct ConnectionState {
+    pub(crate) id: String,
+    pub(crate) ip: IpAddr,
+    /// The connection's span, for work that libunftp runs in tasks of its own.
+    pub(crate) span: Span,
+    /// A second handle to the control socket, to shut it down and to see whether the
+    /// client closed it.
+    control: socket2::Socket,
+    session: std::sync::Mutex<Option<Session>>,
+    logged_in: AtomicBool,
+    login_notify: Notify,
+    data_tls: Option<DataTls>,
+}
+
+/// TLS handshakes on a listener that requires TLS on data connections.
+struct DataTls {
+    handshakes: Arc<HandshakeCounter>,
+    /// Handshakes already matched to a control or data connection.
+    used: AtomicU64,
+}
+
+impl ConnectionState {
+    /// Returns the logged-in user's file view.
+    pub(crate) fn vfs(&self) -> Option<Vfs> {
+        self.lock_session()
+            .as_ref()
+            .map(|session| session.vfs.clone())
+    }
+
+    fn lock_session(&self) -> std::sync::MutexGuard<'_, Option<Session>> {
+        self.session
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Stores the session of a successful login and stops the login timeout.
+    pub(crate) fn start_session(&self, session: Session) {
+        *self.lock_session() = Some(session);
+        if let Some(data_tls) = &self.data_tls {
+            // The control connection's own handshake happened before USER.
+            data_tls
+                .used
+                .store(data_tls.handshakes.count(), Ordering::SeqCst);
+        }
+        self.logged_in.store(true, Ordering::SeqCst);
+        self.login_notify.notify_one();
+    }
+
+    fn end_session(&self) {
+        self.lock_session().take();
+    }
+
+    fn is_logged_in(&self) -> bool {
+        self.logged_in.load(Ordering::SeqCst)
+    }
+
+    /// Returns whether a data transfer may start: always, unless the listener requires TLS,
+    /// in which case a TLS handshake must have happened since the previous transfer. libunftp
+    /// makes the data connection's handshake before it calls the storage back-end, and runs
+    /// one transfer at a time per control connection.
+    pub(crate) fn check_data_tls(&self) -> bool {
+        let Some(data_tls) = &self.data_tls else {
+            return true;
+        };
+        let handshakes = data_tls.handshakes.count();
+        data_tls.used.fetch_max(handshakes, Ordering::SeqCst) < handshakes
+    }
+
+    /// Returns whether the client closed or reset the control connection.
+    pub(crate) fn control_closed(&self) -> bool {
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit()];
+        // The socket is non-blocking, as tokio set it up.
+        match self.control.peek(&mut probe) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(error) => error.kind() != std::io::ErrorKind::WouldBlock,
+        }
+    }
+
+    /// Starts watching the control connection for input, for the duration of a transfer.
+    pub(crate) fn watch_control(&self) -> ControlWatch {
+        let registered = self
+            .control
+            .try_clone()
+            .and_then(|socket| TcpStream::from_std(socket.into()));
+        match registered {
+            Ok(socket) => ControlWatch {
+                socket: Some(socket),
+            },
+            Err(error) => {
+                debug!(%error, "cannot watch the control connection during the transfer");
+                ControlWatch { socket: None }
+            }
+        }
+    }
+
+    fn close_control(&self) {
+        if let Err(error) = self.control.shutdown(Shutdown::Both) {
+            debug!(%error, "control connection already closed");
+        }
+    }
+}
+
+/// Notices input on the control connection while a transfer runs.
+///
+/// libunftp holds the session for the whole transfer, so a command sent meanwhile (ABOR
+/// above all) waits until the data connection closes, and an upload that the client
+/// aborted would then be stored. The watch is a second registration of the control socket
+/// with the runtime: it sees the socket become readable even though libunftp reads the
+/// bytes, and a client that closes the connection makes it readable too. It holds its own
+/// duplicate of the socket, which it never reads from.
+pub(crate) struct ControlWatch {
+    socket: Option<TcpStream>,
+}
+
+impl ControlWatch {
+    /// Resolves when the client sends anything on the control connection or closes it.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only waits for readiness and consumes nothing.
+    pub(crate) async fn activity(&self) {
+        match &self.socket {
+            Some(socket) => {
+                let _ = socket.readable().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Returns whether input or a close arrived since the watch started.
+    pub(crate) fn has_activity(&self) -> bool {
+        self.socket
+            .as_ref()
+            .is_some_and(|socket| socket.readable().now_or_never().is_some())
+    }
+}
+
+/// Serves one accepted control connection inside its `connection` span.
+pub(crate) async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    listener: Arc<Listener>,
+    force_close: CancellationToken,
+) {
+    let ip = canonical_ip(peer.ip());
+    let id = new_connection_id(Protocol::Ftp);
+    let span = info_span!(
+        "connection",
+        protocol = "FTP",
+        %ip,
+        port = peer.port(),
+        connection_id = %id,
+        user = field::Empty,
+        method = field::Empty,
+    );
+    let serve = serve(stream, ip, id, span.clone(), shared, listener, force_close);
+    serve.instrument(span).await;
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    ip: IpAddr,
+    id: String,
+    span: Span,
+    shared: Arc<Shared>,
+    listener: Arc<Listener>,
+    force_close: CancellationToken,
+) {
+    let started = Instant::now();
+    let hooks = shared.logins.hooks();
+    let permit = match hooks.admit(ip, Protocol::Ftp, &id).await {
+        Ok(permit) => permit,
+        Err(rejection) => {
+            debug!(reason = %rejection, "connection rejected before the greeting");
+            reject(&mut stream).await;
+            return;
+        }
+    };
+    debug!(local = %listener.address, "connection accepted");
+
+    let socket = socket2::SockRef::from(&stream);
+    if let Err(error) = stream.set_nodelay(true) {
+        debug!(%error, "cannot disable Nagle's algorithm on the control connection");
+    }
+    // An urgent ABOR (sent with MSG_OOB, as Python's ftplib does) would otherwise lose its
+    // last byte to the out-of-band channel, and libunftp would never see the command end.
+    if let Err(error) = socket.set_out_of_band_inline(true) {
+        debug!(%error, "cannot keep urgent data inline on the control connection");
+    }
+    let control = match socket.try_clone() {
+        Ok(control) => control,
+        Err(error) => {
+            warn!(%error, "cannot duplicate the control socket; connection closed");
+            return;
+        }
+    };
+
+    let tls = match (&shared.tls, listener.tls_required) {
+        (Some(tls), required) => {
+            let (config, handshakes) = tls.for_connection();
+            Some((config, handshakes, required))
+        }
+        (None, _) => None,
+    };
+    let state = Arc::new(ConnectionState {
+        id: id.clone(),
+        ip,
+        span,
+        control,
+        session: std::sync::Mutex::new(None),
+        logged_in: AtomicBool::new(false),
+        login_notify: Notify::new(),
+        data_tls: tls
+            .as_ref()
+            .filter(|(_, _, required)| *required)
+            .map(|(_, handshakes, _)| DataTls {
+                handshakes: Arc::clone(handshakes),
+                used: AtomicU64::new(0),
+            }),
+    });
+    let attempts = Arc::new(AttemptTracker::new(hooks.clone(), ip, &id));
+
+    let storage_state = Arc::clone(&state);
+    let authenticator = PasswordAuthenticator::new(
+        shared.logins.clone(),
+        Arc::clone(&state),
+        Arc::clone(&attempts),
+    );
+    let mut builder = libunftp::ServerBuilder::with_authenticator(
+        Box::new(move || VfsStorage::new(Arc::clone(&storage_state))),
+        Arc::new(authenticator),
+    )
+    .greeting(GREETING)
+    .passive_ports(shared.config.passive_port_range.start..=shared.config.passive_port_range.end)
+    .passive_host(match &shared.passive_host {
+        PassiveHost::FromConnection => libunftp::options::PassiveHost::FromConnection,
+        PassiveHost::Ip(ip) => libunftp::options::PassiveHost::Ip(*ip),
+        PassiveHost::Name(name) => libunftp::options::PassiveHost::Dns(name.clone()),
+    })
+    .idle_session_timeout(shared.config.idle_timeout)
+    .sitemd5(SiteMd5::None)
+    .binder(PassivePortBinder)
+    .logger(libunftp_logger(&id));
+    if let Some((config, _, required)) = tls {
+        builder = builder.ftps_manual::<PathBuf>(config);
+        if required {
+            builder = builder.ftps_required(FtpsRequired::All, FtpsRequired::All);
+        }
+    }
+    let server = match builder.build() {
+        Ok(server) => server,
+        Err(error) => {
+            warn!(%error, "cannot set up the FTP session; connection closed");
+            return;
+        }
+    };
+
+    let service = server.service(stream);
+    tokio::pin!(service);
+    let login_deadline = tokio::time::sleep(Duration::from_secs(shared.config.login_timeout));
+    tokio::pin!(login_deadline);
+    loop {
+        tokio::select! {
+            _ = &mut service => break,
+            () = state.login_notify.notified(), if !state.is_logged_in() => {}
+            () = &mut login_deadline, if !state.is_logged_in() => {
+                info!(
+                    login_timeout_secs = shared.config.login_timeout,
+                    "login timeout; closing the connection"
+                );
+                state.close_control();
+                let _ = tokio::time::timeout(CLOSE_WAIT, &mut service).await;
+                break;
+            }
+            () = force_close.cancelled() => {
+                info!("closing the connection: the server is shutting down");
+                state.close_control();
+                let _ = tokio::time::timeout(CLOSE_WAIT, &mut service).await;
+                break;
+            }
+        }
+    }
+
+    state.end_session();
+    drop(attempts);
+    drop(permit);
+    debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "connection closed"
+    );
+}
+
+/// Answers a connection that the admission refused with 421 and closes it.
+async fn reject(stream: &mut TcpStream) {
+    let reply = b"421 Service not available, closing control connection.\r\n";
+    let sent = tokio::time::timeout(REJECT_WRITE_TIMEOUT, async {
+        stream.write_all(reply).await?;
+        stream.shutdown().await
+    })
+    .await;
+    if let Ok(Err(error)) = sent {
+        debug!(%error, "cannot send the rejection reply");
+    }
+}
