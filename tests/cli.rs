@@ -164,3 +164,105 @@ fn shipped_config_is_valid() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+fn users_command(config: &std::path::Path, args: &[&str], stdin: &[u8]) -> std::process::Output {
+    let mut command = Command::new(ferry_bin());
+    command.arg("users").arg("--config").arg(config).args(args);
+    run_with_input(command, stdin, Duration::from_secs(30))
+}
+
+#[test]
+fn users_commands_edit_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(&config, NO_SERVICES).unwrap();
+    let users = dir.path().join("users.toml");
+    std::fs::write(&users, "# Operators keep notes here.\n\n[[users]]\n# the first account\nusername = \"alice\"\nhome_dir = \"a\"\n").unwrap();
+    let key = dir.path().join("k");
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let key_arg = format!("{}.pub", key.display());
+    let output = users_command(
+        &config,
+        &["add", "bob", "--password-stdin", "--key", &key_arg],
+        b"bob secret\n",
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = std::fs::read_to_string(&users).unwrap();
+    assert!(text.starts_with("# Operators keep notes here."), "{text}");
+    assert!(text.contains("# the first account"), "{text}");
+
+    let store = ferry_users::UserStore::load(&users).unwrap();
+    let bob = store.get("bob").unwrap();
+    assert!(bob.password.as_ref().unwrap().verify("bob secret"));
+    assert_eq!(bob.public_keys.len(), 1);
+    assert_eq!(bob.home_dir, dir.path().join("data/bob"));
+
+    let output = users_command(&config, &["add", "bob"], b"");
+    assert_eq!(output.status.code(), Some(2), "a duplicate add must fail");
+
+    let output = users_command(&config, &["passwd", "alice"], b"new pass\n");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let store = ferry_users::UserStore::load(&users).unwrap();
+    assert!(
+        store
+            .get("alice")
+            .unwrap()
+            .password
+            .as_ref()
+            .unwrap()
+            .verify("new pass")
+    );
+
+    let output = users_command(&config, &["list"], b"");
+    let listing = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        listing.contains("alice\thome=a\tpassword=yes\tkeys=0"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("bob\thome=data/bob\tpassword=yes\tkeys=1"),
+        "{listing}"
+    );
+
+    let output = users_command(&config, &["remove", "alice"], b"");
+    assert!(output.status.success());
+    let output = users_command(&config, &["remove", "alice"], b"");
+    assert_eq!(output.status.code(), Some(2));
+    let store = ferry_users::UserStore::load(&users).unwrap();
+    assert!(store.get("alice").is_none());
+    assert!(store.get("bob").is_some());
+    assert!(
+        std::fs::read_to_string(&users)
+            .unwrap()
+            .starts_with("# Operators keep notes here.")
+    );
+}
+
+#[test]
+fn users_add_rejects_invalid_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(&config, NO_SERVICES).unwrap();
+    std::fs::write(dir.path().join("users.toml"), "").unwrap();
+    let output = users_command(&config, &["add", "a b"], b"");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("username"));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("users.toml")).unwrap(),
+        ""
+    );
+}

@@ -4,7 +4,6 @@
 mod common;
 
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -12,11 +11,15 @@ use common::*;
 const SETTLE: Duration = Duration::from_millis(1500);
 
 fn ssh_password_login(server: &TestServer, user: &str, password: &str) -> bool {
-    sftp_batch_with_password(server, user, password, "pwd\n").status.success()
+    sftp_batch_with_password(server, user, password, "pwd\n")
+        .status
+        .success()
 }
 
 fn ssh_key_login(server: &TestServer) -> bool {
-    sftp_batch_with_key(server, "alice", &server.alice_key(), "pwd\n").status.success()
+    sftp_batch_with_key(server, "alice", &server.alice_key(), "pwd\n")
+        .status
+        .success()
 }
 
 /// Connects and closes without a byte, as a port scanner or health check does.
@@ -44,19 +47,28 @@ fn scope_all_reports_both() {
 
 #[test]
 fn scope_failed_only() {
-    let server = Setup::default().only(&["ssh"]).set("common", "post_login_scope = 1").start();
+    let server = Setup::default()
+        .only(&["ssh"])
+        .set("common", "post_login_scope = 1")
+        .start();
     assert!(ssh_password_login(&server, "alice", ALICE_PASSWORD));
     assert!(!ssh_password_login(&server, "alice", "wrong"));
     tcp_probe(server.ssh_port());
     let events = server.wait_events(2, SETTLE);
-    let mut expected = vec![Event::new("alice", "password", 0, "SSH"), Event::new("", "no_auth_tryed", 0, "SSH")];
+    let mut expected = vec![
+        Event::new("alice", "password", 0, "SSH"),
+        Event::new("", "no_auth_tryed", 0, "SSH"),
+    ];
     expected.sort();
     assert_eq!(events, expected);
 }
 
 #[test]
 fn scope_success_only() {
-    let server = Setup::default().only(&["ssh"]).set("common", "post_login_scope = 2").start();
+    let server = Setup::default()
+        .only(&["ssh"])
+        .set("common", "post_login_scope = 2")
+        .start();
     assert!(!ssh_password_login(&server, "alice", "wrong"));
     tcp_probe(server.ssh_port());
     assert!(ssh_key_login(&server));
@@ -74,11 +86,17 @@ fn bare_connection_reports_no_auth() {
 
 #[test]
 fn http_hook_posts_json() {
-    let server = Setup::default().only(&["ssh"]).hook(LoginHook::Http).start();
+    let server = Setup::default()
+        .only(&["ssh"])
+        .hook(LoginHook::Http)
+        .start();
     assert!(ssh_key_login(&server));
     assert!(!ssh_password_login(&server, "bob", "wrong"));
     let events = server.wait_events(2, SETTLE);
-    let mut expected = vec![Event::new("alice", "publickey", 1, "SSH"), Event::new("bob", "password", 0, "SSH")];
+    let mut expected = vec![
+        Event::new("alice", "publickey", 1, "SSH"),
+        Event::new("bob", "password", 0, "SSH"),
+    ];
     expected.sort();
     assert_eq!(events, expected);
     let receiver = server.receiver.as_ref().unwrap();
@@ -89,7 +107,10 @@ fn http_hook_posts_json() {
         let body: serde_json::Value = serde_json::from_str(&request.body).unwrap();
         let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
         assert_eq!(keys.len(), 5, "{body}");
-        assert!(body["status"].is_u64(), "status must be a JSON number: {body}");
+        assert!(
+            body["status"].is_u64(),
+            "status must be a JSON number: {body}"
+        );
     }
 }
 
@@ -108,11 +129,19 @@ fn http_hook_retries_errors() {
     // One attempt and two retries, one second apart.
     let events = server.wait_events(3, Duration::from_secs(3));
     assert_eq!(events.len(), 3, "{events:?}");
-    assert!(events.iter().all(|e| *e == Event::new("alice", "publickey", 1, "SSH")));
+    assert!(
+        events
+            .iter()
+            .all(|e| *e == Event::new("alice", "publickey", 1, "SSH"))
+    );
     let failures = server.log_messages("post-login hook failed");
     assert_eq!(failures.len(), 1, "{:?}", server.log_lines());
     assert_eq!(failures[0]["user"], "alice");
-    assert!(failures[0]["error"].as_str().unwrap().contains("500"), "{}", failures[0]);
+    assert!(
+        failures[0]["error"].as_str().unwrap().contains("500"),
+        "{}",
+        failures[0]
+    );
 }
 
 #[test]
@@ -125,7 +154,9 @@ fn http_hook_receiver_down_keeps_login() {
         .start();
     assert!(ssh_key_login(&server));
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while server.log_messages("post-login hook failed").is_empty() && std::time::Instant::now() < deadline {
+    while server.log_messages("post-login hook failed").is_empty()
+        && std::time::Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(100));
     }
     let failures = server.log_messages("post-login hook failed");
@@ -145,7 +176,10 @@ fn slow_hook_does_not_delay_login() {
         .only(&["ssh"])
         .hook(LoginHook::None)
         .set("common", "hook_program_timeout = 8")
-        .set("common", &format!("post_login_hook = \"{}\"", hook.display()))
+        .set(
+            "common",
+            &format!("post_login_hook = \"{}\"", hook.display()),
+        )
         .start();
     assert!(ssh_key_login(&server));
     // The login finished while the hook program is still running: the hook ran in the
@@ -154,17 +188,31 @@ fn slow_hook_does_not_delay_login() {
     while !pid_file.exists() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let pid: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
-    assert!(process_alive(pid), "the hook's child ended before the login finished");
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        process_alive(pid),
+        "the hook's child ended before the login finished"
+    );
     // At the time limit the whole process group is killed, background child included.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while process_alive(pid) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(!process_alive(pid), "the hook's background child survived the time limit");
+    assert!(
+        !process_alive(pid),
+        "the hook's background child survived the time limit"
+    );
     let failures = server.log_messages("post-login hook failed");
     assert_eq!(failures.len(), 1);
-    assert!(failures[0]["error"].as_str().unwrap().contains("timed out"), "{}", failures[0]);
+    assert!(
+        failures[0]["error"].as_str().unwrap().contains("timed out"),
+        "{}",
+        failures[0]
+    );
     assert!(server.stop());
 }
 
@@ -189,14 +237,27 @@ fn post_connect_program_decides() {
             deny.display()
         ),
     );
-    let server = Setup::default().only(&["ssh"]).set("common", &format!("post_connect_hook = \"{}\"", hook.display())).start();
+    let server = Setup::default()
+        .only(&["ssh"])
+        .set(
+            "common",
+            &format!("post_connect_hook = \"{}\"", hook.display()),
+        )
+        .start();
     assert!(ssh_key_login(&server));
     std::fs::write(&deny, "").unwrap();
     assert!(!ssh_key_login(&server));
     assert!(!ssh_password_login(&server, "alice", ALICE_PASSWORD));
     let events = server.wait_events(1, SETTLE);
-    assert_eq!(events, vec![Event::new("alice", "publickey", 1, "SSH")], "a rejected connection must not produce a login event");
-    assert_eq!(std::fs::read_to_string(&log).unwrap(), "127.0.0.1 SSH\n".repeat(3));
+    assert_eq!(
+        events,
+        vec![Event::new("alice", "publickey", 1, "SSH")],
+        "a rejected connection must not produce a login event"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "127.0.0.1 SSH\n".repeat(3)
+    );
     let rejections = server.log_messages("connection rejected by the post-connect hook");
     assert_eq!(rejections.len(), 2);
     assert_eq!(rejections[0]["ip"], "127.0.0.1");
@@ -207,7 +268,13 @@ fn post_connect_url_decides() {
     let receiver = HttpReceiver::start();
     let server = Setup::default()
         .only(&["ssh"])
-        .set("common", &format!("post_connect_hook = \"{}/connect?token=abc\"", receiver.url()))
+        .set(
+            "common",
+            &format!(
+                "post_connect_hook = \"{}/connect?token=abc\"",
+                receiver.url()
+            ),
+        )
         .start();
     assert!(ssh_key_login(&server));
     receiver.set_status(404);
@@ -215,7 +282,10 @@ fn post_connect_url_decides() {
     let requests = receiver.requests();
     assert_eq!(requests.len(), 2);
     assert_eq!(requests[0].method, "GET");
-    assert_eq!(requests[0].target, "/connect?token=abc&ip=127.0.0.1&protocol=SSH");
+    assert_eq!(
+        requests[0].target,
+        "/connect?token=abc&ip=127.0.0.1&protocol=SSH"
+    );
     let events = server.wait_events(1, SETTLE);
     assert_eq!(events, vec![Event::new("alice", "publickey", 1, "SSH")]);
 }
@@ -227,12 +297,22 @@ fn post_connect_timeout_rejects() {
     let server = Setup::default()
         .only(&["ssh"])
         .set("common", "hook_program_timeout = 1")
-        .set("common", &format!("post_connect_hook = \"{}\"", hook.display()))
+        .set(
+            "common",
+            &format!("post_connect_hook = \"{}\"", hook.display()),
+        )
         .start();
     assert!(!ssh_key_login(&server));
     let rejections = server.log_messages("connection rejected by the post-connect hook");
     assert_eq!(rejections.len(), 1);
-    assert!(rejections[0]["reason"].as_str().unwrap().contains("timed out"), "{}", rejections[0]);
+    assert!(
+        rejections[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("timed out"),
+        "{}",
+        rejections[0]
+    );
     assert!(server.wait_events(0, SETTLE).is_empty());
 }
 

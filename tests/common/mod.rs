@@ -615,6 +615,9 @@ pub fn sftp_batch_with_password(
         .args(ssh_options(server.ssh_port()))
         .args([
             "-o",
+            // sftp -b turns BatchMode on, which would forbid the password prompt.
+            "BatchMode=no",
+            "-o",
             "PreferredAuthentications=password",
             "-o",
             "PubkeyAuthentication=no",

@@ -3,6 +3,7 @@
 mod config;
 mod logging;
 mod serve;
+mod users_cmd;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -40,6 +41,14 @@ enum Command {
     },
     /// Read a password from stdin and print its argon2id hash for the users file.
     HashPassword,
+    /// Manage the users file named by the configuration.
+    Users {
+        /// The configuration file.
+        #[arg(long, short, default_value = "config/ferry.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: users_cmd::UsersCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -65,6 +74,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", config::render_redacted(&validated.config)?);
             eprintln!("ferry: {} is valid", config.display());
             Ok(())
+        }
+        Command::Users { config, command } => {
+            let validated = config::load(&config)?;
+            users_cmd::run(command, &validated.config.data_provider.users_file)
         }
         Command::HashPassword => {
             let mut input = String::new();

@@ -197,6 +197,12 @@ impl std::fmt::Debug for UserStore {
     }
 }
 
+/// Validates the text of a users file as [`UserStore::load`] would, returning the number of
+/// users or every problem found. `base` resolves relative home directories.
+pub fn check_users_text(text: &str, base: &Path) -> Result<usize, Vec<String>> {
+    file::parse(text, base).map(|users| users.len())
+}
+
 fn read_users(path: &Path) -> Result<HashMap<String, Arc<User>>, Error> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
         path: path.to_path_buf(),
