@@ -448,6 +448,29 @@ async fn truncated_request_ends_session() {
 }
 
 #[tokio::test]
+async fn write_data_past_packet_end() {
+    let mut client = Client::ready().await;
+    let handle = client
+        .open("/w.txt", WRITE_FLAG | CREAT_FLAG)
+        .await
+        .handle();
+    let mut body = Body::new(WRITE, 7).string(&handle).u64(0).u32(100);
+    body.0.extend_from_slice(b"only ten b");
+    client.send(body).await;
+    let result = client.ended().await;
+    assert!(matches!(result, Err(SftpError::Malformed(_))), "{result:?}");
+}
+
+#[tokio::test]
+async fn write_with_long_handle_fails() {
+    let mut client = Client::ready().await;
+    let reply = client.write(&[7u8; 300], 0, b"data").await;
+    assert_eq!(reply.code(), FX_FAILURE);
+    let reply = client.path_request(REALPATH, ".").await;
+    assert_eq!(reply.names()[0].0, "/");
+}
+
+#[tokio::test]
 async fn stream_ending_inside_packet() {
     let mut client = Client::ready().await;
     client.stream.write_all(&[0, 0, 1, 0, STAT]).await.unwrap();

@@ -6,9 +6,9 @@
 //! `limits@openssh.com` and `expand-path@openssh.com`, and `copy-data`. Hard links are not
 //! offered, because [`Vfs`] cannot make them.
 //!
-//! Requests run concurrently and replies go out in the order requests finish, which the
-//! protocol allows; requests on the same handle keep their order where they overlap (see
-//! `order`). Layout: `packet` is the wire format without I/O, `session` the loop that reads,
+//! Requests run concurrently. Requests on the same handle keep their order where they
+//! overlap, and their replies go out in arrival order; other replies go out as their
+//! requests finish, which the protocol allows (see `order`). Layout: `packet` is the wire format without I/O, `session` the loop that reads,
 //! dispatches and writes, `ops` the operations, `handle` the open handles and `longname` the
 //! `ls -l` lines of directory listings.
 //!
@@ -38,8 +38,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 /// the server allocate what it likes.
 pub const MAX_PACKET_LEN: u32 = 256 * 1024 + 1024;
 
-/// The most bytes one READ returns; longer requests get a short read, which clients
-/// handle by asking for the rest. 255 KiB keeps a DATA reply within the 256 KiB messages
+/// The maximum number of bytes one READ returns. Longer requests get a short read, and
+/// clients then request the rest. 255 KiB keeps a DATA reply within the 256 KiB messages
 /// that OpenSSH's client accepts.
 pub const MAX_READ_LEN: u32 = 255 * 1024;
 
@@ -51,19 +51,20 @@ pub const MAX_WRITE_LEN: u32 = 255 * 1024;
 /// in flight than this.
 pub const MAX_HANDLES: usize = 256;
 
-/// Requests that run at once in one session. A request holds its place until its reply is
+/// Requests that run at once in one session. A request keeps its place until its reply is
 /// written, so READ replies waiting for the channel take at most this many times
 /// [`MAX_READ_LEN`] of memory.
 pub const MAX_IN_FLIGHT: usize = 64;
 
-/// Bytes of requests read from the stream but not yet answered. Reading pauses above it;
-/// it fits the 64 requests of 255 KiB that OpenSSH's client pipelines.
+/// Bytes of requests read from the stream whose replies are not written yet. Reading
+/// pauses above it, which leaves room for the 64 WRITEs of 255 KiB that OpenSSH's client
+/// keeps in flight.
 pub const QUEUE_BUDGET: usize = 32 * 1024 * 1024;
 
 /// READDIR entries per NAME reply, as OpenSSH's sftp-server sends them.
 const READDIR_BATCH: usize = 100;
 
-/// Why an SFTP session ended early.
+/// The reason an SFTP session ended early.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SftpError {

@@ -101,7 +101,7 @@ pub fn attrs_of(meta: &Metadata) -> FileAttrs {
     }
 }
 
-/// A NAME reply with one path, as REALPATH and READLINK send it.
+/// Builds a NAME reply with one path, as REALPATH and READLINK send it.
 fn single_name(id: u32, path: String) -> Response {
     Response::Name {
         id,
@@ -114,8 +114,8 @@ fn single_name(id: u32, path: String) -> Response {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic cannot happen while these locks are held (they guard plain data), but if one
-    // did, the data is still consistent.
+    // The locks guard plain data that no code path leaves half-updated, so the data of a
+    // poisoned lock is still consistent.
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -140,8 +140,8 @@ pub async fn open(
         truncate: flags & open_flags::TRUNC != 0,
         append: flags & open_flags::APPEND != 0,
     };
-    // A requested mode only matters for a file that does not exist yet and would not get
-    // that mode anyway; checking for that costs a stat, so only pay it then.
+    // A requested mode only matters for a new file that would not get that mode anyway.
+    // Checking whether the file exists costs a stat, so it happens only in that case.
     let mut create_mode = attrs
         .permissions
         .map(|mode| mode & 0o777 & !UMASK)
@@ -452,7 +452,7 @@ pub async fn fsync(id: u32, handle: &Handle) -> OpResult {
 }
 
 /// Copies `len` bytes (0 means up to the end of the file) from one open file to another
-/// in chunks of the maximum read length, as `copy-data` asks.
+/// in chunks of the maximum read length, for the `copy-data` extension.
 pub async fn copy_data(
     id: u32,
     source: &Handle,

@@ -2,8 +2,8 @@
 //!
 //! Requests start in the order they arrive, and each one runs as soon as nothing it
 //! conflicts with is still running ahead of it. Two requests conflict when at least one
-//! of them writes and their byte ranges overlap, so reads of one file run in parallel,
-//! non-overlapping writes run in parallel, and a CLOSE (which covers the whole file) waits
+//! of them writes and their byte ranges overlap. So reads of one file run in parallel, and
+//! so do writes to different ranges, while a CLOSE covers the whole file and therefore waits
 //! for every earlier READ and WRITE on its handle. The bookkeeping happens synchronously in
 //! the dispatcher, in arrival order; only the waiting is asynchronous. Replies to requests on
 //! one handle also go out in arrival order (see [`ReplyOrder`]).
@@ -24,7 +24,7 @@ pub enum Access {
 pub struct Span(Range<u64>);
 
 impl Span {
-    /// Every byte: for requests such as CLOSE, FSTAT or appends that touch the whole file.
+    /// Returns the span of every byte, for requests such as CLOSE, FSTAT or appends.
     pub fn whole() -> Span {
         Span(0..u64::MAX)
     }
@@ -95,7 +95,7 @@ pub struct Gate {
 }
 
 impl Gate {
-    /// A gate with nothing to wait for, for requests that need no ordering.
+    /// Returns a gate with nothing to wait for, for requests that need no ordering.
     pub fn open() -> Gate {
         Gate {
             waits: Vec::new(),

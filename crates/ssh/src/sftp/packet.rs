@@ -52,7 +52,7 @@ pub mod open_flags {
     pub const EXCL: u32 = 0x20;
 }
 
-/// Flags that say which attribute fields are present.
+/// Flags that mark which attribute fields are present.
 mod attr_flags {
     pub const SIZE: u32 = 0x01;
     pub const UIDGID: u32 = 0x02;
@@ -93,7 +93,7 @@ pub enum StatusCode {
     OpUnsupported = 8,
 }
 
-/// Why a packet body could not be decoded. The peer sent something that is not SFTP v3, so
+/// A packet body that could not be decoded. The peer sent something that is not SFTP v3, so
 /// the session ends.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -384,6 +384,53 @@ impl Request {
     }
 }
 
+/// The bytes of a WRITE body that give the length of its header: type, request id and
+/// handle length.
+pub const WRITE_PREFIX_LEN: usize = 9;
+
+/// The longest handle a WRITE may carry for [`write_header_len`]: ours have four bytes, and
+/// the draft caps handles at 256.
+const MAX_HANDLE_LEN: usize = 256;
+
+/// Returns the length of a WRITE body's header (everything before the data) from its first
+/// [`WRITE_PREFIX_LEN`] bytes, or `None` when the body is not a WRITE with a handle of at
+/// most 256 bytes. The session uses it to read WRITE data into a buffer of its own.
+pub fn write_header_len(prefix: &[u8]) -> Option<usize> {
+    let mut r = Reader::new(prefix, kind::WRITE);
+    if r.u8("type").ok()? != kind::WRITE {
+        return None;
+    }
+    r.u32("request id").ok()?;
+    let handle_len = r.u32("handle").ok()? as usize;
+    // The offset and the data length follow the handle.
+    (handle_len <= MAX_HANDLE_LEN).then_some(WRITE_PREFIX_LEN + handle_len + 12)
+}
+
+/// Decodes a WRITE whose header and data were read into separate buffers, as
+/// [`write_header_len`] splits them. Data past the length the header gives is dropped, as
+/// [`Request::decode`] ignores trailing bytes.
+pub fn decode_write_parts(header: &[u8], mut data: Vec<u8>) -> Result<Request, DecodeError> {
+    let mut r = Reader::new(header, kind::WRITE);
+    r.u8("type")?;
+    let id = r.u32("request id")?;
+    let handle = r.string("handle")?;
+    let offset = r.u64("offset")?;
+    let len = r.u32("data length")? as usize;
+    if len > data.len() {
+        return Err(DecodeError::Truncated {
+            kind: kind::WRITE,
+            field: "data",
+        });
+    }
+    data.truncate(len);
+    Ok(Request::Write {
+        id,
+        handle,
+        offset,
+        data,
+    })
+}
+
 fn decode_write(mut body: Vec<u8>) -> Result<Request, DecodeError> {
     let mut r = Reader::new(&body, kind::WRITE);
     r.u8("type")?;
@@ -594,7 +641,7 @@ pub enum Response {
         id: u32,
         limits: Limits,
     },
-    /// The `statvfs@openssh.com` reply; `stats.flags` holds the protocol's flag bits.
+    /// The `statvfs@openssh.com` reply, with the protocol's flag bits in `stats.flags`.
     Statvfs {
         id: u32,
         stats: FsStats,
@@ -666,12 +713,22 @@ impl Response {
         Response::status(id, StatusCode::Ok, "ok")
     }
 
-    /// Returns the number of bytes [`encode`](Response::encode) appends, length field
-    /// included, or an upper bound for NAME.
-    pub fn encoded_len_hint(&self) -> usize {
+    /// Appends the packet to `out` like [`encode`](Response::encode), except the payload of a
+    /// DATA reply of at least `min_direct` bytes, which it returns instead. The caller writes
+    /// that payload right after `out`, without copying it into `out` first.
+    pub fn encode_head(&self, out: &mut Vec<u8>, min_direct: usize) -> Option<&[u8]> {
         match self {
-            Response::Data { data, .. } => 13 + data.len(),
-            _ => 64,
+            Response::Data { id, data } if data.len() >= min_direct => {
+                put_u32(out, len_u32(1 + 4 + 4 + data.len()));
+                out.push(kind::DATA);
+                put_u32(out, *id);
+                put_u32(out, len_u32(data.len()));
+                Some(data)
+            }
+            _ => {
+                self.encode(out);
+                None
+            }
         }
     }
 
@@ -956,6 +1013,36 @@ mod tests {
     }
 
     #[test]
+    fn write_split_header_and_data() {
+        let body = Body::new(kind::WRITE)
+            .u32(9)
+            .string(&[0, 0, 0, 1])
+            .u64(4096)
+            .string(b"hello")
+            .0;
+        let header_len = write_header_len(&body[..WRITE_PREFIX_LEN]).unwrap();
+        assert_eq!(header_len, body.len() - 5);
+        let (header, data) = body.split_at(header_len);
+        let request = decode_write_parts(header, data.to_vec()).unwrap();
+        assert_eq!(request, Request::decode(body.clone()).unwrap());
+    }
+
+    #[test]
+    fn write_split_rejects_short_data() {
+        let header = Body::new(kind::WRITE).u32(9).string(b"h").u64(0).u32(10).0;
+        assert!(decode_write_parts(&header, b"short".to_vec()).is_err());
+    }
+
+    #[test]
+    fn write_header_len_other_packets() {
+        let read = Body::new(kind::READ).u32(1).u32(4).0;
+        assert_eq!(write_header_len(&read), None);
+        let long_handle = Body::new(kind::WRITE).u32(1).u32(100_000).0;
+        assert_eq!(write_header_len(&long_handle), None);
+        assert_eq!(write_header_len(&[kind::WRITE, 0, 0]), None);
+    }
+
+    #[test]
     fn write_data_length_past_end() {
         let body = Body::new(kind::WRITE)
             .u32(9)
@@ -1221,6 +1308,22 @@ mod tests {
             .u32(4)
             .0;
         assert_eq!(rest, expected);
+    }
+
+    #[test]
+    fn encode_head_splits_large_data() {
+        let response = Response::Data {
+            id: 4,
+            data: vec![9; 100],
+        };
+        let mut whole = Vec::new();
+        response.encode(&mut whole);
+        let mut head = Vec::new();
+        let payload = response.encode_head(&mut head, 50).unwrap();
+        assert_eq!([head.as_slice(), payload].concat(), whole);
+        let mut small = Vec::new();
+        assert!(response.encode_head(&mut small, 101).is_none());
+        assert_eq!(small, whole);
     }
 
     #[test]

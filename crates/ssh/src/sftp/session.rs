@@ -2,7 +2,7 @@
 //! one task writes replies.
 //!
 //! The reader drains the stream eagerly, so that a client's pipelined requests wait in this
-//! process rather than in the SSH channel: russh stops reading the socket when a channel's
+//! process rather than in the SSH channel. russh stops reading the socket when a channel's
 //! inbound queue is full, and would then miss the window adjustments that our replies wait
 //! for. The queued bytes are capped by [`QUEUE_BUDGET`]. The dispatcher starts at most
 //! [`MAX_IN_FLIGHT`] requests at a time; a request keeps its slot until its reply has been
@@ -26,7 +26,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::handle::{self, Handle};
 use super::ops::{self, Failure, OpResult};
 use super::order::{Access, Gate, ReplyOrder, Span, Tracker, Turn};
-use super::packet::{Extended, Request, Response, StatusCode, ext, open_flags};
+use super::packet::{
+    self, DecodeError, Extended, Request, Response, StatusCode, WRITE_PREFIX_LEN, ext, open_flags,
+};
 use super::{
     MAX_HANDLES, MAX_IN_FLIGHT, MAX_PACKET_LEN, MAX_READ_LEN, MAX_WRITE_LEN, QUEUE_BUDGET,
     SftpError,
@@ -41,6 +43,14 @@ const READ_BUFFER: usize = 32 * 1024;
 /// ready.
 const WRITE_BUFFER: usize = 128 * 1024;
 
+/// DATA payloads of this size or more are written from their own buffer instead of being
+/// copied into the write buffer.
+const DIRECT_WRITE_MIN: usize = 64 * 1024;
+
+/// The channel packet size that OpenSSH's client and paramiko accept. russh cuts writes at
+/// the client's maximum, so a write buffer topped up to this size goes out as one packet.
+const CHANNEL_PACKET: usize = 32 * 1024;
+
 /// The extensions announced in SSH_FXP_VERSION, with their versions.
 const EXTENSIONS: [(&str, &str); 7] = [
     (ext::POSIX_RENAME, "1"),
@@ -52,13 +62,31 @@ const EXTENSIONS: [(&str, &str); 7] = [
     (ext::COPY_DATA, "1"),
 ];
 
-/// One packet body as read from the stream, holding its share of the queue budget.
+/// One packet as read from the stream, with its share of the queue budget.
 struct Frame {
-    body: Vec<u8>,
+    body: Body,
     budget: OwnedSemaphorePermit,
 }
 
-/// What a request holds until its reply is written.
+enum Body {
+    Whole(Vec<u8>),
+    /// A WRITE, with its data in a buffer of its own so that it reaches the file unmoved.
+    Write {
+        header: Vec<u8>,
+        data: Vec<u8>,
+    },
+}
+
+impl Body {
+    fn decode(self) -> Result<Request, DecodeError> {
+        match self {
+            Body::Whole(body) => Request::decode(body),
+            Body::Write { header, data } => packet::decode_write_parts(&header, data),
+        }
+    }
+}
+
+/// The resources a request keeps until its reply is written.
 struct Ticket {
     _slot: OwnedSemaphorePermit,
     _budget: OwnedSemaphorePermit,
@@ -69,7 +97,7 @@ struct Outgoing {
     _ticket: Ticket,
 }
 
-/// A change to the handle table that a finished request asks for.
+/// A change to the handle table that a finished request requires.
 enum Effect {
     None,
     Opened { handle_id: u32, handle: Box<Handle> },
@@ -106,7 +134,7 @@ where
     let Some(first) = read_frame(&mut reader, &budget).await? else {
         return Ok(());
     };
-    let version = match Request::decode(first.body)? {
+    let version = match first.body.decode()? {
         Request::Init { version } => version,
         other => return Err(SftpError::MissingInit(kind_name(&other))),
     };
@@ -182,7 +210,7 @@ where
     }
     let len = u32::from_be_bytes(prefix);
     if len == 0 {
-        return Err(super::packet::DecodeError::Empty.into());
+        return Err(DecodeError::Empty.into());
     }
     if len > MAX_PACKET_LEN {
         return Err(SftpError::PacketTooLong {
@@ -193,19 +221,46 @@ where
     let Ok(permit) = Arc::clone(budget).acquire_many_owned(len).await else {
         return Ok(None);
     };
-    // Read into spare capacity: zeroing a buffer that is overwritten at once costs time.
     let len = len as usize;
-    let mut body = Vec::with_capacity(len);
-    while body.len() < len {
-        let missing = (len - body.len()) as u64;
-        if (&mut *reader).take(missing).read_buf(&mut body).await? == 0 {
-            return Err(SftpError::Io(io::ErrorKind::UnexpectedEof.into()));
+
+    let mut head = Vec::with_capacity(len.min(READ_BUFFER));
+    read_more(reader, &mut head, len.min(WRITE_PREFIX_LEN)).await?;
+    let header_len = packet::write_header_len(&head).filter(|header_len| *header_len <= len);
+    let body = match header_len {
+        Some(header_len) => {
+            let missing = header_len - head.len();
+            read_more(reader, &mut head, missing).await?;
+            let mut data = Vec::with_capacity(len - header_len);
+            read_more(reader, &mut data, len - header_len).await?;
+            Body::Write { header: head, data }
         }
-    }
+        None => {
+            let missing = len - head.len();
+            head.reserve_exact(missing);
+            read_more(reader, &mut head, missing).await?;
+            Body::Whole(head)
+        }
+    };
     Ok(Some(Frame {
         body,
         budget: permit,
     }))
+}
+
+/// Appends exactly `count` bytes from `reader` to `buffer`, reading into its spare capacity
+/// rather than zeroing bytes that are overwritten at once.
+async fn read_more<R>(reader: &mut R, buffer: &mut Vec<u8>, count: usize) -> Result<(), SftpError>
+where
+    R: AsyncRead + Unpin,
+{
+    let end = buffer.len() + count;
+    while buffer.len() < end {
+        let missing = (end - buffer.len()) as u64;
+        if (&mut *reader).take(missing).read_buf(buffer).await? == 0 {
+            return Err(SftpError::Io(io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
+    Ok(())
 }
 
 /// Reads packets until the stream ends or fails, and queues them for the dispatcher.
@@ -240,19 +295,30 @@ where
 {
     let mut buffer = Vec::with_capacity(WRITE_BUFFER);
     let mut written = Vec::new();
-    while let Some(reply) = replies.recv().await {
-        reply.response.encode(&mut buffer);
-        written.push(reply);
-        while buffer.len() < WRITE_BUFFER {
-            let Ok(reply) = replies.try_recv() else {
-                break;
-            };
-            reply.response.encode(&mut buffer);
+    while let Some(first) = replies.recv().await {
+        let mut next = Some(first);
+        while let Some(reply) = next {
+            if let Some(payload) = reply.response.encode_head(&mut buffer, DIRECT_WRITE_MIN) {
+                // Top the buffer up to a full channel packet, then write the rest as it is.
+                let fill = CHANNEL_PACKET.saturating_sub(buffer.len());
+                let (first_part, rest) = payload.split_at_checked(fill).unwrap_or((payload, &[]));
+                buffer.extend_from_slice(first_part);
+                writer.write_all(&buffer).await?;
+                buffer.clear();
+                writer.write_all(rest).await?;
+            }
             written.push(reply);
+            next = if buffer.len() < WRITE_BUFFER {
+                replies.try_recv().ok()
+            } else {
+                None
+            };
         }
-        writer.write_all(&buffer).await?;
+        if !buffer.is_empty() {
+            writer.write_all(&buffer).await?;
+            buffer.clear();
+        }
         writer.flush().await?;
-        buffer.clear();
         written.clear();
     }
     // The session is over; a client that already closed its side cannot get an EOF.
@@ -396,7 +462,7 @@ impl Dispatcher {
             _slot: slot,
             _budget: frame.budget,
         };
-        let request = Request::decode(frame.body)?;
+        let request = frame.body.decode()?;
         let Some(id) = request.id() else {
             return Err(SftpError::RepeatedInit);
         };
@@ -838,7 +904,8 @@ impl Dispatcher {
     }
 }
 
-/// The request slots are never closed; this maps the impossible error without a panic.
+/// Maps the error of a closed semaphore, which cannot happen because the request slots are
+/// never closed, without a panic.
 fn slots_closed(_: tokio::sync::AcquireError) -> SftpError {
     SftpError::Io(io::Error::other("request slots closed"))
 }
