@@ -273,7 +273,7 @@ fn two_step_keyboard_interactive_with_paramiko() {
 }
 
 #[test]
-fn second_factor_without_key_refused() {
+fn second_factor_without_key_rejected() {
     let server = TestServer::start();
     let bob = two_step(&server, "bob", &["password:bobpw"]);
     assert_eq!(bob, ["password rejected"]);
@@ -289,7 +289,7 @@ fn second_factor_without_key_refused() {
 }
 
 #[test]
-fn second_factor_for_other_user_refused() {
+fn second_factor_other_user_rejected() {
     let server = TestServer::start();
     // The key step makes bob partially authenticated; a password for carol is then a plain
     // password attempt, which carol may not use.
@@ -327,7 +327,7 @@ t.close()
 }
 
 #[test]
-fn disabled_account_refused() {
+fn disabled_account_rejected() {
     let server = TestServer::start();
     let with_password = ssh(server.port, "dave", "password").password("davepw");
     login_failed(&run(with_password.command(&["true"]), CLIENT_TIMEOUT));
@@ -340,7 +340,7 @@ fn disabled_account_refused() {
 }
 
 #[test]
-fn method_disabled_for_user_refused() {
+fn method_disabled_for_user_rejected() {
     let server = TestServer::start();
     // erin may only use password; the right password over keyboard-interactive fails, and
     // looks the same as for a user that does not exist.
@@ -359,7 +359,7 @@ fn method_disabled_for_user_refused() {
 }
 
 #[test]
-fn method_disabled_on_server_refused() {
+fn method_disabled_on_server_rejected() {
     let server = TestServer::with(Options {
         config: Config {
             login_methods: vec!["publickey".into()],

@@ -451,10 +451,38 @@ fn wait_with_timeout(mut child: Child, timeout: Duration) -> Output {
     }
 }
 
+/// Python code run before every test script. paramiko's `AuthOnlyHandler` (used by
+/// `ServiceRequestingTransport`) sends a request before it creates the event that the reply
+/// sets, so a fast reply is lost and the client waits for its auth timeout. This version
+/// creates the event first.
+const PARAMIKO_PRELUDE: &str = r#"
+import threading
+import paramiko
+from paramiko.auth_handler import AuthOnlyHandler
+from paramiko.common import cMSG_USERAUTH_REQUEST
+
+def _send_auth_request(self, username, method, finish_message=None):
+    self.auth_method = method
+    self.username = username
+    self.auth_event = threading.Event()
+    message = paramiko.Message()
+    message.add_byte(cMSG_USERAUTH_REQUEST)
+    message.add_string(username)
+    message.add_string("ssh-connection")
+    message.add_string(method)
+    if finish_message is not None:
+        finish_message(message)
+    with self.transport.lock:
+        self.transport._send_message(message)
+    return self.wait_for_response(self.auth_event)
+
+AuthOnlyHandler.send_auth_request = _send_auth_request
+"#;
+
 /// Runs a Python script (with paramiko available) with `args`, and returns its output.
 pub fn python(dir: &Path, script: &str, args: &[&str]) -> Output {
     let path = dir.join(format!("script-{}.py", unique()));
-    std::fs::write(&path, script).unwrap();
+    std::fs::write(&path, format!("{PARAMIKO_PRELUDE}\n{script}")).unwrap();
     let mut command = Command::new("python3");
     command.arg(&path).args(args);
     run(command, Duration::from_secs(60))
