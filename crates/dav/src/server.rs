@@ -296,6 +296,7 @@ async fn serve_connection(
             tracing::Span::current(),
             admission,
         ));
+        let closing = connection.closing();
         let service = service_fn(move |request| {
             let connection = Arc::clone(&connection);
             async move { Ok::<_, Infallible>(connection.handle(request).await) }
@@ -310,8 +311,12 @@ async fn serve_connection(
         let result = tokio::select! {
             result = http.as_mut() => result,
             _ = shutdown.cancelled() => {
-                // Finish the request in progress, then close; the caller's grace limit
-                // cancels this future if that takes too long.
+                // Finish the requests in progress, then close. At shutdown the caller's grace
+                // limit cancels this future if that takes too long.
+                http.as_mut().graceful_shutdown();
+                http.await
+            }
+            _ = closing.cancelled() => {
                 http.as_mut().graceful_shutdown();
                 http.await
             }

@@ -13,6 +13,7 @@ use ferry_users::{LoginContext, LoginError};
 use ferry_vfs::VPath;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug};
 
 use crate::auth::Credentials;
@@ -68,6 +69,8 @@ pub(crate) struct Connection {
     span: Span,
     admission: tokio::sync::Mutex<Admission>,
     user_recorded: AtomicBool,
+    /// Cancelled to end the connection once the requests in progress are answered.
+    closing: CancellationToken,
 }
 
 impl Connection {
@@ -85,7 +88,16 @@ impl Connection {
             span,
             admission: tokio::sync::Mutex::new(admission),
             user_recorded: AtomicBool::new(false),
+            closing: CancellationToken::new(),
         }
+    }
+
+    /// Returns the token that is cancelled when this connection should end: after a rejected
+    /// client or a failed login, so that the next attempt passes the connection gate (and any
+    /// ban that the failure triggered) on a new connection. `Connection: close` does that for
+    /// HTTP/1.x; HTTP/2 needs a GOAWAY, which the connection's owner sends.
+    pub(crate) fn closing(&self) -> CancellationToken {
+        self.closing.clone()
     }
 
     /// Handles one request and logs it at debug level. HTTP/2 runs each request as a task of
@@ -116,6 +128,7 @@ impl Connection {
             .proxies
             .client_ip(self.peer.ip(), request.headers());
         if !self.admit(client_ip).await {
+            self.closing.cancel();
             return fixed_response(
                 StatusCode::FORBIDDEN,
                 TEXT,
@@ -138,6 +151,7 @@ impl Connection {
                     &self.id,
                     Some(&LoginError::InvalidCredentials),
                 );
+                self.closing.cancel();
                 return unauthorized(can_close(version));
             }
             Credentials::Basic { username, password } => (username, password),
@@ -149,9 +163,10 @@ impl Connection {
             .await
         {
             Ok(session) => session,
-            // The connection closes, so the next attempt passes the connection gate again
-            // and a ban that this failure triggered takes effect.
-            Err(_) => return unauthorized(can_close(version)),
+            Err(_) => {
+                self.closing.cancel();
+                return unauthorized(can_close(version));
+            }
         };
         drop(password);
         self.record_user(&username);
