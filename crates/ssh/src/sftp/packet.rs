@@ -1151,6 +1151,33 @@ mod tests {
     }
 
     #[test]
+    fn random_bodies_never_panic() {
+        // Bodies that start with every packet type followed by pseudo-random bytes, many of
+        // them with plausible small lengths.
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..20_000 {
+            let len = (next() % 64) as usize;
+            let mut body = vec![(round % 256) as u8];
+            body.extend((0..len).map(|_| {
+                let byte = next() as u8;
+                if byte < 128 { byte % 8 } else { byte }
+            }));
+            let _ = Request::decode(body.clone());
+            if let Some(header_len) = write_header_len(&body) {
+                let split = header_len.min(body.len());
+                let (header, data) = body.split_at(split);
+                let _ = decode_write_parts(header, data.to_vec());
+            }
+        }
+    }
+
+    #[test]
     fn unknown_type_keeps_id() {
         let body = Body::new(99).u32(42).raw(b"whatever");
         assert_eq!(decode(body).unwrap(), Request::Unknown { id: 42, kind: 99 });

@@ -8,7 +8,7 @@
 //! [`MAX_IN_FLIGHT`] requests at a time; a request keeps its slot until its reply has been
 //! written, which bounds the memory that READ replies can take. The writer packs every reply
 //! that is ready into one buffer and writes it at once, so small replies share channel
-//! packets.
+//! packets; only the payload of a large DATA reply is written from its own buffer.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -27,15 +27,15 @@ use super::handle::{self, Handle};
 use super::ops::{self, Failure, OpResult};
 use super::order::{Access, Gate, ReplyOrder, Span, Tracker, Turn};
 use super::packet::{
-    self, DecodeError, Extended, Request, Response, StatusCode, WRITE_PREFIX_LEN, ext, open_flags,
+    self, DecodeError, Extended, Limits, Request, Response, StatusCode, WRITE_PREFIX_LEN, ext,
+    open_flags,
 };
 use super::{
     MAX_HANDLES, MAX_IN_FLIGHT, MAX_PACKET_LEN, MAX_READ_LEN, MAX_WRITE_LEN, QUEUE_BUDGET,
     SftpError,
 };
-use crate::sftp::packet::Limits;
 
-/// Size of the read buffer in front of the stream: small packets are read in bulk, and
+/// The size of the read buffer in front of the stream. Small packets are read in bulk, and
 /// larger bodies bypass it.
 const READ_BUFFER: usize = 32 * 1024;
 
