@@ -75,6 +75,8 @@ pub struct Setup {
     pub ssh: bool,
     pub ftp: bool,
     pub dav: bool,
+    /// Log in the human format instead of JSON lines.
+    pub human_logs: bool,
 }
 
 impl Default for Setup {
@@ -86,6 +88,7 @@ impl Default for Setup {
             ssh: true,
             ftp: true,
             dav: true,
+            human_logs: false,
         }
     }
 }
@@ -117,6 +120,12 @@ impl Setup {
         self.ssh = services.contains(&"ssh");
         self.ftp = services.contains(&"ftp");
         self.dav = services.contains(&"dav");
+        self
+    }
+
+    /// Makes the server log in its human format; `log_messages` then finds nothing.
+    pub fn human_logs(mut self) -> Setup {
+        self.human_logs = true;
         self
     }
 
@@ -258,7 +267,7 @@ impl TestServer {
         let mut child = Command::new(ferry_bin())
             .args([
                 "--log-format",
-                "json",
+                if setup.human_logs { "human" } else { "json" },
                 "--log-level",
                 "info,ferry=debug,ferry_ssh=debug,ferry_ftp=debug,ferry_dav=debug",
             ])
@@ -298,7 +307,7 @@ impl TestServer {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             for line in self.log_lines() {
-                let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
+                let Some(value) = parse_listening_line(&line) else {
                     continue;
                 };
                 if value["message"] != "listening" {
@@ -316,10 +325,7 @@ impl TestServer {
             let ready = (!setup.ssh || self.ssh_addr.is_some())
                 && (!setup.ftp || self.ftp_addr.is_some())
                 && (!setup.dav || self.dav_addr.is_some());
-            let has_started = self
-                .log_lines()
-                .iter()
-                .any(|l| l.contains("\"ferry started\""));
+            let has_started = self.log_lines().iter().any(|l| l.contains("ferry started"));
             if ready && has_started {
                 return;
             }
@@ -466,6 +472,28 @@ impl Drop for TestServer {
             let _ = child.wait();
         }
     }
+}
+
+/// Reads a log line in either format as JSON; a human-format `listening` line becomes an
+/// object with `message`, `protocol` and `address`.
+fn parse_listening_line(line: &str) -> Option<serde_json::Value> {
+    if let Ok(value) = serde_json::from_str::<serde_json::Value>(line) {
+        return Some(value);
+    }
+    if !line.contains(" listening ") {
+        return None;
+    }
+    let field = |name: &str| {
+        let start = line.find(&format!("{name}="))? + name.len() + 1;
+        let rest = &line[start..];
+        let end = rest.find(' ').unwrap_or(rest.len());
+        Some(rest[..end].trim_matches('"').to_owned())
+    };
+    Some(serde_json::json!({
+        "message": "listening",
+        "protocol": field("protocol")?,
+        "address": field("address")?,
+    }))
 }
 
 /// Keeps only the last line for each key, so tests can override harness defaults.
