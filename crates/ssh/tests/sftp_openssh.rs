@@ -343,6 +343,18 @@ fn put_and_get_preserve_times() {
 }
 
 #[test]
+fn put_with_fsync() {
+    let f = Fixture::new();
+    std::fs::write(f.local_file("synced.txt"), b"synced").unwrap();
+    // -f asks the server to flush the file with fsync@openssh.com before closing it.
+    let output = f.sftp("put -f synced.txt\n");
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("fsync"), "{stderr}");
+    assert_eq!(std::fs::read(f.home_file("synced.txt")).unwrap(), b"synced");
+}
+
+#[test]
 fn df_reports_space() {
     let f = Fixture::new();
     let stdout = f.sftp_ok("df\n");
