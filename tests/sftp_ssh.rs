@@ -124,6 +124,7 @@ fn openssh_operations_with_password() {
     std::fs::write(home.join("old name.txt"), b"content").unwrap();
     let local = server.root().join("up.txt");
     std::fs::write(&local, b"uploaded").unwrap();
+
     let batch = format!(
         "mkdir \"ü dir\"\n\
          put {} \"ü dir/é.txt\"\n\
@@ -138,6 +139,7 @@ fn openssh_operations_with_password() {
     );
     let output = sftp_with_password(&server, &batch);
     assert_ok(&output, "sftp batch");
+
     let stdout = String::from_utf8_lossy(&output.stdout);
     let listing = output_of(&stdout, "ls -l");
     assert_eq!(listing.len(), 3, "{stdout}");
@@ -146,6 +148,7 @@ fn openssh_operations_with_password() {
     assert!(listing[1].starts_with("-rw-------"), "{}", listing[1]);
     assert!(listing[2].starts_with('d'), "{}", listing[2]);
     assert_eq!(output_of(&stdout, "df").len(), 2, "{stdout}");
+
     assert_eq!(std::fs::read(home.join("new.txt")).unwrap(), b"content");
     assert_eq!(
         std::fs::read_link(home.join("link.txt")).unwrap(),

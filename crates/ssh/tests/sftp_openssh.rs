@@ -346,7 +346,7 @@ fn put_and_get_preserve_times() {
 fn put_with_fsync() {
     let f = Fixture::new();
     std::fs::write(f.local_file("synced.txt"), b"synced").unwrap();
-    // -f asks the server to flush the file with fsync@openssh.com before closing it.
+    // With -f the client sends fsync@openssh.com before it closes the file.
     let output = f.sftp("put -f synced.txt\n");
     assert!(output.status.success(), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
