@@ -159,6 +159,19 @@ impl VfsStorage {
         work.instrument(self.state.span.clone()).await
     }
 
+    /// Lists for LIST, NLST and MLSD. libunftp has sent 150 before it asks for the listing,
+    /// and a 550 after a 150 makes clients such as rclone report a failed transfer rather
+    /// than a missing folder, so a missing path lists as empty.
+    async fn data_listing(&self, path: &Path) -> Result<Vec<Fileinfo<PathBuf, FileMetadata>>> {
+        self.check_data_tls()?;
+        let (vfs, dir) = self.resolve(path)?;
+        if let Err(VfsError::NotFound) = vfs.metadata(&dir).await {
+            debug!(path = %dir, "listing of a missing path sent as empty");
+            return Ok(Vec::new());
+        }
+        self.entries(path).await
+    }
+
     /// Rejects a data transfer when the binding requires TLS and the data connection has
     /// none; see [`ConnectionState::check_data_tls`].
     fn check_data_tls(&self) -> Result<()> {
@@ -225,11 +238,8 @@ impl<User: UserDetail> StorageBackend<User> for VfsStorage {
     where
         FileMetadata: Metadata,
     {
-        self.in_span(async move {
-            self.check_data_tls()?;
-            self.entries(path.as_ref()).await
-        })
-        .await
+        self.in_span(async move { self.data_listing(path.as_ref()).await })
+            .await
     }
 
     async fn list_fmt<P>(&self, _user: &User, path: P) -> Result<io::Cursor<Vec<u8>>>
@@ -238,9 +248,8 @@ impl<User: UserDetail> StorageBackend<User> for VfsStorage {
         FileMetadata: Metadata + 'static,
     {
         self.in_span(async move {
-            self.check_data_tls()?;
             let mut text = String::new();
-            for entry in self.entries(path.as_ref()).await? {
+            for entry in self.data_listing(path.as_ref()).await? {
                 let _ = write!(text, "{entry}\r\n");
             }
             Ok(io::Cursor::new(text.into_bytes()))
@@ -268,9 +277,8 @@ impl<User: UserDetail> StorageBackend<User> for VfsStorage {
     {
         self.in_span(async move {
             let to_io = |error: Error| io::Error::new(io::ErrorKind::NotFound, error);
-            self.check_data_tls().map_err(to_io)?;
             let mut text = String::new();
-            for entry in self.entries(path.as_ref()).await.map_err(to_io)? {
+            for entry in self.data_listing(path.as_ref()).await.map_err(to_io)? {
                 let _ = write!(text, "{}\r\n", entry.path.display());
             }
             Ok(io::Cursor::new(text.into_bytes()))

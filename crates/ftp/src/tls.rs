@@ -87,7 +87,49 @@ impl Tls {
         let counter = Arc::new(HandshakeCounter::default());
         let mut config = (*self.base).clone();
         config.key_log = Arc::clone(&counter) as Arc<dyn rustls::KeyLog>;
+        config.ticketer = Arc::new(ControlConnectionTickets {
+            inner: Arc::clone(&self.base.ticketer),
+            handshakes: Arc::clone(&counter),
+        });
         (Arc::new(config), counter)
+    }
+}
+
+/// Issues session tickets on the control connection only.
+///
+/// A TLS 1.3 server sends its tickets after the handshake. On an upload the client only
+/// writes to the data connection, so some clients (rclone, or any Go program) never read
+/// the tickets, and closing a socket with unread data sends a TCP reset instead of a FIN,
+/// which fails the upload. Clients resume data connections from the control connection's
+/// session, so tickets on data connections serve no one. The first handshake of a
+/// connection's configuration is the control connection's (AUTH TLS).
+#[derive(Debug)]
+struct ControlConnectionTickets {
+    inner: Arc<dyn rustls::server::ProducesTickets>,
+    handshakes: Arc<HandshakeCounter>,
+}
+
+impl rustls::server::ProducesTickets for ControlConnectionTickets {
+    fn enabled(&self) -> bool {
+        self.inner.enabled()
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.inner.lifetime()
+    }
+
+    /// Returns no ticket after the first handshake, which makes rustls skip a TLS 1.3
+    /// ticket and send an empty TLS 1.2 one.
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        if self.handshakes.count() <= 1 {
+            self.inner.encrypt(plain)
+        } else {
+            None
+        }
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        self.inner.decrypt(cipher)
     }
 }
 

@@ -1,0 +1,122 @@
+//! Helpers shared by the FTP end-to-end tests: a test certificate, and runners for curl,
+//! lftp and Python's ftplib that fail with the client's output.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use crate::common::{Setup, TestServer, run};
+
+/// Time a single client run may take before it is killed.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, made with openssl.
+pub struct TestCertificate {
+    _dir: tempfile::TempDir,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCertificate {
+    pub fn new() -> TestCertificate {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        let output = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl must be installed");
+        assert_success(&output, "openssl req");
+        TestCertificate {
+            _dir: dir,
+            cert,
+            key,
+        }
+    }
+
+    /// Adds the certificate to the `[ftpd]` section of `setup`.
+    pub fn configure(&self, setup: Setup) -> Setup {
+        setup
+            .set(
+                "ftpd",
+                &format!("certificate_file = \"{}\"", self.cert.display()),
+            )
+            .set(
+                "ftpd",
+                &format!("certificate_key_file = \"{}\"", self.key.display()),
+            )
+    }
+}
+
+/// Fails the test with the client's output unless it exited with status 0.
+pub fn assert_success(output: &Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what} failed with {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Runs a Python script with `args`; the script sees them as `sys.argv[1:]`.
+pub fn python(script: &str, args: &[String]) -> Output {
+    let mut command = Command::new("python3");
+    command.arg("-c").arg(script).args(args);
+    run(command, CLIENT_TIMEOUT)
+}
+
+/// Runs curl with `args`, silent except for errors.
+pub fn curl(args: &[String]) -> Output {
+    let mut command = Command::new("curl");
+    command.args(["-sS", "--max-time", "100"]).args(args);
+    run(command, CLIENT_TIMEOUT)
+}
+
+/// Runs lftp against `port` as alice with `commands`, failing on the first error instead
+/// of retrying.
+pub fn lftp(port: u16, settings: &str, commands: &str) -> Output {
+    let script = format!(
+        "set cmd:fail-exit yes; set net:max-retries 1; set net:timeout 20; \
+         set net:reconnect-interval-base 1; {settings}; \
+         open -u alice,{} -p {port} 127.0.0.1; {commands}; bye",
+        crate::common::ALICE_PASSWORD
+    );
+    let mut command = Command::new("lftp");
+    command.arg("-c").arg(script);
+    run(command, CLIENT_TIMEOUT)
+}
+
+/// Returns the address of every FTP listener, in the order they were logged.
+pub fn ftp_listeners(server: &TestServer) -> Vec<SocketAddr> {
+    server
+        .log_messages("listening")
+        .iter()
+        .filter(|line| line["protocol"] == "FTP")
+        .filter_map(|line| line["address"].as_str()?.parse().ok())
+        .collect()
+}
+
+/// The URL of a file of alice's on the server.
+pub fn alice_url(server: &TestServer, path: &str) -> String {
+    format!(
+        "ftp://alice:{}@127.0.0.1:{}/{path}",
+        crate::common::ALICE_PASSWORD,
+        server.ftp_port()
+    )
+}
