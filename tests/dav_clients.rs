@@ -78,7 +78,7 @@ fn curl_verbs_round_trip() {
     assert!(root.contains("<D:href>/dir/</D:href>"), "{root}");
     assert_eq!(client.propfind("/missing", Some("0"), None).status, 404);
 
-    // Unbounded depth is refused explicitly, never answered with a partial tree.
+    // Unbounded depth is rejected explicitly, never served as a partial tree.
     for depth in [Some("infinity"), None] {
         let reply = client.propfind("/", depth, None);
         assert_eq!(reply.status, 403, "depth {depth:?}");
@@ -538,6 +538,6 @@ fn read_only_user_cannot_write() {
     assert_eq!(client.put("/doc.txt", "z").status, 403);
     assert_eq!(client.delete("/doc.txt").status, 403);
     assert_eq!(client.mkcol("/new").status, 403);
-    let kept = std::fs::read_to_string(server.home("reader").join("doc.txt")).unwrap();
-    assert_eq!(kept, "doc");
+    let unchanged = std::fs::read_to_string(server.home("reader").join("doc.txt")).unwrap();
+    assert_eq!(unchanged, "doc");
 }

@@ -71,7 +71,7 @@ pub struct Client<'a> {
 }
 
 impl<'a> Client<'a> {
-    /// A client for `user:password` on the server's plain HTTP listener.
+    /// Creates a client for `user:password` on the server's plain HTTP listener.
     pub fn new(server: &'a TestServer, user_password: &str) -> Client<'a> {
         Client {
             server,
@@ -157,12 +157,12 @@ impl<'a> Client<'a> {
     }
 }
 
-/// The `-u` argument for alice.
+/// Returns the `-u` argument for alice.
 pub fn alice() -> String {
     format!("alice:{}", crate::common::ALICE_PASSWORD)
 }
 
-/// The `-u` argument for bob.
+/// Returns the `-u` argument for bob.
 pub fn bob() -> String {
     format!("bob:{}", crate::common::BOB_PASSWORD)
 }

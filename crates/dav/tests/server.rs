@@ -73,6 +73,7 @@ async fn start(https: bool, grace: Duration) -> Running {
         config.certificate_file = dir.path().join("cert.pem");
         config.certificate_key_file = dir.path().join("key.pem");
     }
+
     let hooks = Hooks::new(
         HooksConfig {
             post_login_hook: Some(HookTarget::Program(hook)),
@@ -83,6 +84,7 @@ async fn start(https: bool, grace: Duration) -> Running {
     .unwrap();
     let store = Arc::new(UserStore::load(&users).unwrap());
     let logins = Logins::new(store, hooks, UploadMode::Atomic);
+
     let server = Server::bind(config, logins).await.unwrap();
     let addr = server.local_addrs()[0];
     let shutdown = CancellationToken::new();
