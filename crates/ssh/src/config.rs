@@ -5,17 +5,23 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ferry_hooks::LoginMethod;
+use ferry_hooks::{LoginMethod, ProxyMode};
 use serde::{Deserialize, Serialize};
 
 /// One address to listen on.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Binding {
     /// An IP address such as `127.0.0.1` or `::`; empty listens on every IPv4 address.
     pub address: String,
     /// The TCP port; 0 lets the system pick a free one.
     pub port: u16,
+    /// PROXY protocol (HAProxy version 1 or 2) in front of this listener. 0: none, the TCP
+    /// peer is the client. 1: a header from an address in `proxy_allowed` gives the client
+    /// address when one is sent. 2: every connection must carry a header from an allowed
+    /// proxy. A header from any other address closes the connection.
+    #[serde(default)]
+    pub proxy_protocol: u8,
 }
 
 impl Binding {
@@ -52,6 +58,10 @@ pub struct Config {
     /// Seconds without any packet from the client after which a connection is closed;
     /// 0 disables the limit. Client keepalives count as packets.
     pub idle_timeout: u64,
+    /// Proxies whose PROXY protocol headers are believed. This is not a key of `[sftpd]`:
+    /// the caller sets it, normally from `common.proxy_allowed`, before [`crate::Server::bind`].
+    #[serde(skip)]
+    pub proxy_allowed: Vec<ipnet::IpNet>,
 }
 
 impl Default for Config {
@@ -60,12 +70,14 @@ impl Default for Config {
             bindings: vec![Binding {
                 address: "127.0.0.1".into(),
                 port: 2022,
+                proxy_protocol: 0,
             }],
             host_keys: Vec::new(),
             max_auth_tries: 6,
             login_timeout: 120,
             login_methods: Vec::new(),
             idle_timeout: 900,
+            proxy_allowed: Vec::new(),
         }
     }
 }
@@ -97,6 +109,13 @@ impl Config {
                 )),
                 Some(_) => {}
             }
+            if ProxyMode::from_setting(binding.proxy_protocol).is_none() {
+                errors.push(format!(
+                    "{section}.bindings[{i}].proxy_protocol = {}: expected 0 (off), 1 (optional) \
+                     or 2 (required)",
+                    binding.proxy_protocol
+                ));
+            }
         }
         if self.max_auth_tries == 0 {
             errors.push(format!("{section}.max_auth_tries = 0: must be at least 1"));
@@ -127,6 +146,11 @@ impl Config {
 
     pub(crate) fn login_timeout(&self) -> Duration {
         Duration::from_secs(self.login_timeout)
+    }
+
+    /// Returns the PROXY protocol mode of a binding, which `validate` checked.
+    pub(crate) fn proxy_mode(binding: &Binding) -> ProxyMode {
+        ProxyMode::from_setting(binding.proxy_protocol).unwrap_or(ProxyMode::Required)
     }
 
     pub(crate) fn idle_timeout(&self) -> Option<Duration> {
@@ -184,14 +208,17 @@ mod tests {
                 Binding {
                     address: "localhost".into(),
                     port: 22,
+                    proxy_protocol: 0,
                 },
                 Binding {
                     address: "127.0.0.1".into(),
                     port: 2022,
+                    proxy_protocol: 3,
                 },
                 Binding {
                     address: "127.0.0.1".into(),
                     port: 2022,
+                    proxy_protocol: 0,
                 },
             ],
             max_auth_tries: 0,
@@ -201,19 +228,20 @@ mod tests {
         };
         let mut errors = Vec::new();
         config.validate("sftpd", &mut errors);
-        assert_eq!(errors.len(), 5, "{errors:?}");
+        assert_eq!(errors.len(), 6, "{errors:?}");
         assert!(errors[0].starts_with("sftpd.bindings[0].address = \"localhost\""));
-        assert!(errors[1].starts_with("sftpd.bindings[2] = 127.0.0.1:2022"));
-        assert!(errors[2].starts_with("sftpd.max_auth_tries = 0"));
-        assert!(errors[3].starts_with("sftpd.login_timeout = 0"));
-        assert!(errors[4].starts_with("sftpd.login_methods contains \"telepathy\""));
+        assert!(errors[1].starts_with("sftpd.bindings[1].proxy_protocol = 3"));
+        assert!(errors[2].starts_with("sftpd.bindings[2] = 127.0.0.1:2022"));
+        assert!(errors[3].starts_with("sftpd.max_auth_tries = 0"));
+        assert!(errors[4].starts_with("sftpd.login_timeout = 0"));
+        assert!(errors[5].starts_with("sftpd.login_methods contains \"telepathy\""));
     }
 
     #[test]
     fn port_zero_may_repeat() {
         let any = Binding {
             address: "127.0.0.1".into(),
-            port: 0,
+            ..Binding::default()
         };
         let config = Config {
             bindings: vec![any.clone(), any],
@@ -227,8 +255,8 @@ mod tests {
     #[test]
     fn empty_address_listens_everywhere() {
         let binding = Binding {
-            address: String::new(),
             port: 2022,
+            ..Binding::default()
         };
         assert_eq!(binding.socket_addr(), Some("0.0.0.0:2022".parse().unwrap()));
     }

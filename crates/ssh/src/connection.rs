@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_hooks::{LoginEvent, Protocol, canonical_ip, new_connection_id};
+use ferry_hooks::{
+    LoginEvent, Protocol, ProxyMode, canonical_ip, new_connection_id, read_client_address,
+};
 use ferry_users::Logins;
 use russh::Disconnect;
 use russh::server::Handle;
@@ -38,18 +40,36 @@ pub(crate) struct Shared {
     pub(crate) policy: MethodPolicy,
     pub(crate) max_auth_tries: u32,
     pub(crate) login_timeout: Duration,
+    pub(crate) proxy_allowed: Vec<ipnet::IpNet>,
 }
 
 /// Serves one accepted connection until it closes. `force_close` is cancelled when the
 /// shutdown grace is over.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
-    stream: TcpStream,
-    peer: SocketAddr,
+    mut stream: TcpStream,
+    tcp_peer: SocketAddr,
+    proxy_mode: ProxyMode,
     force_close: CancellationToken,
 ) {
-    let ip = canonical_ip(peer.ip());
+    let deadline = Instant::now() + shared.login_timeout;
     let connection_id = new_connection_id(Protocol::Ssh);
+    let peer =
+        match read_client_address(&mut stream, tcp_peer, proxy_mode, &shared.proxy_allowed).await {
+            Ok(peer) => peer,
+            Err(error) => {
+                info!(
+                    protocol = "SSH",
+                    ip = %canonical_ip(tcp_peer.ip()),
+                    port = tcp_peer.port(),
+                    %connection_id,
+                    %error,
+                    "connection closed before the SSH banner"
+                );
+                return;
+            }
+        };
+    let ip = canonical_ip(peer.ip());
     let span = info_span!(
         "connection",
         protocol = "SSH",
@@ -59,11 +79,15 @@ pub(crate) async fn serve(
         user = field::Empty,
         method = field::Empty,
     );
+    if peer != tcp_peer {
+        debug!(parent: &span, proxy = %tcp_peer, "client address taken from the PROXY header");
+    }
     Connection {
         shared,
         peer,
         connection_id,
         force_close,
+        deadline,
         span: span.clone(),
     }
     .run(stream)
@@ -76,6 +100,8 @@ struct Connection {
     peer: SocketAddr,
     connection_id: String,
     force_close: CancellationToken,
+    /// The login timeout, counted from the accept.
+    deadline: Instant,
     span: tracing::Span,
 }
 
@@ -94,6 +120,10 @@ impl Connection {
         let admitted = tokio::select! {
             admitted = hooks.admit(ip, Protocol::Ssh, &self.connection_id) => admitted,
             () = self.force_close.cancelled() => return,
+            () = tokio::time::sleep_until(self.deadline) => {
+                debug!("login timeout while the connection was being admitted");
+                return;
+            }
         };
         let _permit = match admitted {
             Ok(permit) => permit,
@@ -108,7 +138,7 @@ impl Connection {
         }
 
         let started = Instant::now();
-        let deadline = started + self.shared.login_timeout;
+        let deadline = self.deadline;
         let cutoff = CancellationToken::new();
         let stream = CutoffStream::new(stream, cutoff.clone());
         let progress = Arc::new(AuthProgress::default());

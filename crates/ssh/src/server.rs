@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_hooks::ProxyMode;
 use ferry_users::Logins;
 use russh::keys::{Algorithm, EcdsaCurve, HashAlg};
 use russh::{MethodKind, MethodSet, Preferred, SshId};
@@ -51,7 +52,7 @@ const FORCED_CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 /// The SSH server: bound listeners, host keys and the shared login machinery.
 pub struct Server {
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, ProxyMode)>,
     shared: Arc<Shared>,
 }
 
@@ -82,7 +83,7 @@ impl Server {
                 .local_addr()
                 .map_err(|source| Error::Bind { address, source })?;
             info!(protocol = "SSH", address = %local, "listening");
-            listeners.push(listener);
+            listeners.push((listener, Config::proxy_mode(binding)));
         }
         Ok(Server {
             listeners,
@@ -92,6 +93,7 @@ impl Server {
                 policy,
                 max_auth_tries: config.max_auth_tries,
                 login_timeout: config.login_timeout(),
+                proxy_allowed: config.proxy_allowed,
             }),
         })
     }
@@ -100,7 +102,7 @@ impl Server {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter_map(|(listener, _)| listener.local_addr().ok())
             .collect()
     }
 
@@ -110,9 +112,10 @@ impl Server {
         let connections = TaskTracker::new();
         let force_close = CancellationToken::new();
         let mut accept_loops = tokio::task::JoinSet::new();
-        for listener in self.listeners {
+        for (listener, proxy_mode) in self.listeners {
             accept_loops.spawn(accept_loop(
                 listener,
+                proxy_mode,
                 Arc::clone(&self.shared),
                 connections.clone(),
                 shutdown.clone(),
@@ -156,6 +159,7 @@ impl Server {
 
 async fn accept_loop(
     listener: TcpListener,
+    proxy_mode: ProxyMode,
     shared: Arc<Shared>,
     connections: TaskTracker,
     shutdown: CancellationToken,
@@ -175,6 +179,7 @@ async fn accept_loop(
                     Arc::clone(&shared),
                     stream,
                     peer,
+                    proxy_mode,
                     force_close.clone(),
                 ));
             }

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use ferry_ssh::Config;
+use ferry_ssh::{Binding, Config};
 use support::*;
 
 const SETTLE: Duration = Duration::from_millis(800);
@@ -322,4 +322,78 @@ print("closed" if not t.is_active() else "open", flush=True)
     assert!(client.wait().unwrap().success());
     // New connections are refused once the server stopped.
     assert!(TcpStream::connect(("127.0.0.1", server.port)).is_err());
+}
+
+/// Options for a listener with PROXY protocol `mode` that believes the proxies in `allowed`.
+fn behind_proxy(mode: u8, allowed: &[&str]) -> Options {
+    Options {
+        config: Config {
+            bindings: vec![Binding {
+                address: "127.0.0.1".into(),
+                port: 0,
+                proxy_protocol: mode,
+            }],
+            proxy_allowed: allowed.iter().map(|a| a.parse().unwrap()).collect(),
+            ..Config::default()
+        },
+        ..Options::default()
+    }
+}
+
+/// An OpenSSH `ProxyCommand` that connects to the server and sends a PROXY version 1 header
+/// naming `client` before relaying the SSH stream.
+fn proxy_command(dir: &std::path::Path, client: &str, port: u16) -> String {
+    let script = dir.join("proxy.py");
+    std::fs::write(
+        &script,
+        r#"
+import socket, sys, threading
+client, port = sys.argv[1], int(sys.argv[2])
+s = socket.create_connection(("127.0.0.1", port))
+s.sendall(f"PROXY TCP4 {client} 127.0.0.1 40000 {port}\r\n".encode())
+def upload():
+    while (data := sys.stdin.buffer.read1(65536)):
+        s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+threading.Thread(target=upload, daemon=True).start()
+while (data := s.recv(65536)):
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+"#,
+    )
+    .unwrap();
+    format!("ProxyCommand=python3 {} {client} {port}", script.display())
+}
+
+#[test]
+fn proxy_header_gives_client_address() {
+    let server = TestServer::with(behind_proxy(1, &["127.0.0.1/32"]));
+    let option = proxy_command(server.root(), "203.0.113.7", server.port);
+    let wrong = ssh(server.port, "alice", "password").password("wrong");
+    let output = run(
+        wrong.command(&["-o", &option, "true"]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(output.status.code(), Some(255), "{}", text(&output.stderr));
+    // A client without a header is served as usual on an optional listener.
+    let direct = ssh(server.port, "alice", "password").password("alicepw");
+    let output = run(direct.command(&["true"]), Duration::from_secs(30));
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    let mut proxied = event("alice", "password", 0);
+    proxied.ip = "203.0.113.7".into();
+    assert_eq!(
+        server.events(2, SETTLE),
+        vec![event("alice", "password", 1), proxied]
+    );
+}
+
+#[test]
+fn proxy_required_from_untrusted_peer() {
+    let server = TestServer::with(behind_proxy(2, &["192.0.2.1/32"]));
+    let mut stream = connect(server.port);
+    stream
+        .write_all(b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 22\r\nSSH-2.0-x\r\n")
+        .unwrap();
+    assert_eq!(read_to_close(&mut stream), b"");
+    assert_eq!(server.events(0, Duration::from_millis(1500)), vec![]);
 }

@@ -104,7 +104,7 @@ impl Default for Options {
             config: Config {
                 bindings: vec![Binding {
                     address: "127.0.0.1".into(),
-                    port: 0,
+                    ..Binding::default()
                 }],
                 ..Config::default()
             },
