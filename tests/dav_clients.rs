@@ -1,4 +1,5 @@
 //! WebDAV seen from real clients: curl and raw HTTP against the built `ferry` binary.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 mod dav_util;

@@ -1,4 +1,5 @@
 //! Whole WebDAV client suites against the built `ferry` binary: litmus and rclone.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 mod dav_util;

@@ -225,12 +225,6 @@ impl Authenticator {
                 Err(_) => true,
             });
     }
-
-    /// Returns how many credentials are cached, for tests.
-    #[cfg(test)]
-    pub(crate) fn cached(&self) -> usize {
-        self.lock_slots().len()
-    }
 }
 
 fn stored_hash(session: &Session) -> Option<String> {
@@ -242,6 +236,7 @@ fn stored_hash(session: &Session) -> Option<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

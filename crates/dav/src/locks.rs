@@ -126,7 +126,7 @@ impl UserLocks {
     ) -> Result<(), DavLock> {
         let locks = self.live();
         let held = |lock: &DavLock| {
-            tokens.iter().any(|t| *t == lock.token)
+            tokens.contains(&lock.token)
                 && (ignore_principal || principal == lock.principal.as_deref())
         };
 
@@ -242,6 +242,7 @@ impl DavLockSystem for UserLocks {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

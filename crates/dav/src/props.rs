@@ -253,6 +253,7 @@ fn subtree<V>(map: &BTreeMap<VPath, V>, root: &VPath) -> Vec<VPath> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

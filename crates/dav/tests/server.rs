@@ -1,5 +1,6 @@
 //! The WebDAV server inside one test process: connection handling and shutdown, driven by
 //! curl and raw TCP on 127.0.0.1.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
