@@ -171,8 +171,12 @@ fn put_interrupted_keeps_old_file() {
     std::thread::sleep(Duration::from_millis(300));
     drop(stream);
 
-    std::thread::sleep(Duration::from_millis(500));
+    // The server removes an unfinished upload once it notices the closed connection.
     let home = server.home("alice");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while names_in(&home).len() > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(
         std::fs::read_to_string(home.join("keep.txt")).unwrap(),
         "original"
