@@ -35,8 +35,9 @@ pub struct Config {
     /// are believed. Requests from any other address use the TCP peer address.
     pub trusted_proxies: Vec<String>,
     /// Seconds a client has to send the complete request headers (and, over HTTPS, to finish
-    /// the TLS handshake) before the connection is closed. This bounds slowloris attacks and
-    /// is also how long an idle keep-alive connection stays open.
+    /// the TLS handshake) before the connection is closed. This bounds slowloris attacks. It is
+    /// also how long an idle HTTP/1.1 connection stays open, and the interval of the HTTP/2
+    /// pings that detect dead peers.
     pub header_read_timeout: u64,
 }
 
