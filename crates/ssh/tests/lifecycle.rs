@@ -397,3 +397,62 @@ fn proxy_required_from_untrusted_peer() {
     assert_eq!(read_to_close(&mut stream), b"");
     assert_eq!(server.events(0, Duration::from_millis(1500)), vec![]);
 }
+
+#[test]
+fn garbage_after_banner_closes_only_that_connection() {
+    let server = TestServer::start();
+    let mut stream = connect(server.port);
+    stream.write_all(b"SSH-2.0-fuzz\r\n").unwrap();
+    let junk: Vec<u8> = (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect();
+    let _ = stream.write_all(&junk);
+    let received = read_to_close(&mut stream);
+    assert!(received.starts_with(b"SSH-2.0-Ferry\r\n"));
+    let login = ssh(server.port, "alice", "password").password("alicepw");
+    let output = run(login.command(&["true"]), Duration::from_secs(30));
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    assert_eq!(
+        server.events(2, SETTLE),
+        vec![event("", "no_auth_tryed", 0), event("alice", "password", 1)]
+    );
+}
+
+#[test]
+fn shutdown_cuts_stalled_session() {
+    let mut server = TestServer::with(Options {
+        grace: Duration::from_secs(1),
+        ..Options::default()
+    });
+    let home = server.home("alice");
+    std::fs::write(home.join("big.bin"), vec![7u8; 64 * 1024 * 1024]).unwrap();
+    // The client starts a download with a small window and then stops reading.
+    let mut client = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            r#"
+import sys, time, paramiko
+t = paramiko.Transport(("127.0.0.1", int(sys.argv[1])), default_window_size=65536)
+t.start_client(timeout=10)
+t.auth_publickey("alice", paramiko.Ed25519Key.from_private_key_file(sys.argv[2]))
+chan = t.open_session()
+chan.exec_command("scp -f big.bin")
+chan.sendall(b"\0")
+print("stalled", flush=True)
+time.sleep(60)
+"#,
+        )
+        .arg(server.port.to_string())
+        .arg(key("id_ed25519"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = client.stdout.take().unwrap();
+    let mut first = [0u8; 8];
+    stdout.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"stalled\n");
+    std::thread::sleep(Duration::from_millis(500));
+
+    let took = server.shutdown();
+    assert!(took < Duration::from_secs(15), "shutdown took {took:?}");
+    let _ = client.kill();
+    let _ = client.wait();
+}

@@ -184,6 +184,58 @@ fn scp_single_files() {
 }
 
 #[test]
+fn scp_directory_to_new_name() {
+    let server = TestServer::start();
+    let home = server.home("alice");
+    let local = tempfile::tempdir().unwrap();
+    let tree = local.path().join("tree");
+    std::fs::create_dir_all(tree.join("inner")).unwrap();
+    std::fs::write(tree.join("inner/file.txt"), "inside\n").unwrap();
+    let output = run(
+        scp(server.port, &["-r", tree.to_str().unwrap(), &alice("copy")]),
+        CLIENT_TIMEOUT,
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(
+        std::fs::read(home.join("copy/inner/file.txt")).unwrap(),
+        b"inside\n"
+    );
+}
+
+#[test]
+fn scp_several_files_need_directory() {
+    let server = TestServer::start();
+    let home = server.home("alice");
+    std::fs::create_dir(home.join("inbox")).unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let one = local.path().join("one.txt");
+    let two = local.path().join("two.txt");
+    std::fs::write(&one, "1").unwrap();
+    std::fs::write(&two, "2").unwrap();
+    let files = [one.to_str().unwrap(), two.to_str().unwrap()];
+
+    let into_dir = run(
+        scp(server.port, &[files[0], files[1], &alice("inbox")]),
+        CLIENT_TIMEOUT,
+    );
+    assert!(into_dir.status.success(), "{}", text(&into_dir.stderr));
+    assert_eq!(std::fs::read(home.join("inbox/one.txt")).unwrap(), b"1");
+    assert_eq!(std::fs::read(home.join("inbox/two.txt")).unwrap(), b"2");
+
+    // Several sources make scp send -d, and a target that is not a directory fails.
+    let into_file = run(
+        scp(server.port, &[files[0], files[1], &alice("inbox/one.txt")]),
+        CLIENT_TIMEOUT,
+    );
+    assert_eq!(into_file.status.code(), Some(1));
+    assert!(
+        text(&into_file.stderr).contains("Not a directory"),
+        "{}",
+        text(&into_file.stderr)
+    );
+}
+
+#[test]
 fn scp_wildcard_download() {
     let server = TestServer::start();
     let home = server.home("alice");
