@@ -58,13 +58,15 @@ impl Event {
 }
 
 /// How the post-login hook is wired in a test server.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LoginHook {
     None,
     /// A shell script that appends the `SFTPGO_LOGIND_*` variables to `events.log`.
     Program,
     /// An HTTP receiver inside the test process, at `/login`.
     Http,
+    /// A shell script with this body; `{root}` in it is replaced by the server's folder.
+    Script(String),
 }
 
 /// A test server's configuration, built up before `start`.
@@ -183,7 +185,7 @@ impl TestServer {
         add("data_provider", "users_file = \"users.toml\"".into());
         add("common", "state_dir = \"state\"".into());
         add("common", "shutdown_timeout = 5".into());
-        let receiver = match setup.login_hook {
+        let receiver = match setup.login_hook.clone() {
             LoginHook::None => None,
             LoginHook::Program => {
                 let script = write_script(
@@ -195,6 +197,15 @@ impl TestServer {
                         root.join("events.log").display()
                     ),
                 );
+                add(
+                    "common",
+                    format!("post_login_hook = \"{}\"", script.display()),
+                );
+                None
+            }
+            LoginHook::Script(body) => {
+                let body = body.replace("{root}", &root.display().to_string());
+                let script = write_script(&root, "login-hook.sh", &body);
                 add(
                     "common",
                     format!("post_login_hook = \"{}\"", script.display()),
