@@ -16,6 +16,10 @@
 //!
 //! Every rejection names the same methods whatever the user name, so replies do not reveal
 //! which users exist.
+//!
+//! NOTE: russh 0.65 ignores a SERVICE_REQUEST once authentication has started. paramiko's
+//! default `Transport` sends one before every attempt, so it gets a reply to its first
+//! attempt only; `ServiceRequestingTransport` and OpenSSH send it once and are not affected.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -248,6 +252,9 @@ impl Authenticator {
             let error = LoginError::Denied(Denied::MethodNotAllowed);
             return Ok(self.fail(username, method, &error));
         }
+        // NOTE: after an accepted probe, russh checks the signature of the signed request
+        // without calling the handler again, so a bad signature there is rejected with no
+        // event. Clients sign with the key they probed, so this takes a broken client.
         debug!(user = username, %algorithm, "public key accepted for signing");
         Ok(Auth::Accept)
     }

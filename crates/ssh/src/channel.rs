@@ -1,4 +1,4 @@
-//! One session channel: waits for the program request, then runs SCP or SFTP, or refuses.
+//! One session channel: waits for the program request, then runs SCP or SFTP, or rejects it.
 //!
 //! The task owns the channel from the moment it opens and keeps reading its messages, so a
 //! client that sends requests the server ignores can never fill the channel's queue and
@@ -12,7 +12,7 @@ use tracing::{debug, info};
 
 use crate::scp;
 
-/// Exit status sent when a request is refused.
+/// Exit status sent when a request is rejected.
 const REFUSED_STATUS: u32 = 1;
 
 /// What a session channel was asked to run.
@@ -20,22 +20,22 @@ const REFUSED_STATUS: u32 = 1;
 enum Program {
     Scp(scp::Command),
     Sftp,
-    /// Refused, with the message for the client's standard error.
-    Refused(String),
+    /// Rejected, with the message for the client's standard error.
+    Rejected(String),
 }
 
 impl Program {
     fn from_exec(command: &[u8]) -> Program {
         let Ok(text) = std::str::from_utf8(command) else {
-            return Program::Refused("command is not valid UTF-8".into());
+            return Program::Rejected("command is not valid UTF-8".into());
         };
         match scp::Command::parse(text) {
             Ok(Some(command)) => Program::Scp(command),
-            Ok(None) => Program::Refused(format!(
+            Ok(None) => Program::Rejected(format!(
                 "command {:?} is not available; this server offers SFTP and SCP only",
                 text.chars().take(200).collect::<String>()
             )),
-            Err(problem) => Program::Refused(format!("invalid scp command: {problem}")),
+            Err(problem) => Program::Rejected(format!("invalid scp command: {problem}")),
         }
     }
 
@@ -43,7 +43,7 @@ impl Program {
         if name == "sftp" {
             Program::Sftp
         } else {
-            Program::Refused(format!(
+            Program::Rejected(format!(
                 "subsystem {name:?} is not available; this server offers sftp only"
             ))
         }
@@ -69,7 +69,7 @@ pub(crate) async fn run(
                 break Program::from_subsystem(&name);
             }
             Some(ChannelMsg::RequestShell { .. }) => {
-                break Program::Refused(
+                break Program::Rejected(
                     "shell access is not available; this server offers SFTP and SCP only".into(),
                 );
             }
@@ -99,16 +99,16 @@ pub(crate) async fn run(
                 () = cutoff.cancelled() => {}
             }
         }
-        Program::Refused(message) => {
-            info!(channel = id, reason = %message, "request refused");
-            refuse(channel, &message).await;
+        Program::Rejected(message) => {
+            info!(channel = id, reason = %message, "request rejected");
+            reject(channel, &message).await;
         }
     }
 }
 
 /// Sends `message` to the client's standard error, then a failing exit status, EOF and
 /// close.
-async fn refuse(channel: Channel<Msg>, message: &str) {
+async fn reject(channel: Channel<Msg>, message: &str) {
     let text = format!("ferry: {message}\n");
     let _ = channel.extended_data_bytes(1, text.into_bytes()).await;
     let _ = channel.exit_status(REFUSED_STATUS).await;
@@ -121,10 +121,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shell_commands_refused() {
+    fn shell_commands_rejected() {
         for command in ["ls -l", "rm -rf /", "bash", "scp", "scp -x -t ."] {
             assert!(
-                matches!(Program::from_exec(command.as_bytes()), Program::Refused(_)),
+                matches!(Program::from_exec(command.as_bytes()), Program::Rejected(_)),
                 "{command}"
             );
         }
@@ -143,7 +143,7 @@ mod tests {
         assert_eq!(Program::from_subsystem("sftp"), Program::Sftp);
         assert!(matches!(
             Program::from_subsystem("netconf"),
-            Program::Refused(_)
+            Program::Rejected(_)
         ));
     }
 }

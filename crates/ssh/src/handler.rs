@@ -201,7 +201,7 @@ impl russh::server::Handler for Handler {
         _data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // The channel task receives the command itself and runs or refuses it.
+        // The channel task receives the command itself and runs or rejects it.
         self.start_request(channel, "exec", session)?;
         Ok(())
     }

@@ -4,7 +4,7 @@
 //! connections until shutdown. Each connection is admitted by the post-connect hook before
 //! the SSH banner, authenticated with the methods the server and the user allow, and then
 //! serves session channels: the `sftp` subsystem, or `scp -t`/`scp -f` as an `exec`
-//! request. Shells, other commands and every kind of forwarding are refused.
+//! request. Shells, other commands and every kind of forwarding are rejected.
 //!
 //! Layout: `server` binds and accepts, and `connection` supervises one connection (login
 //! timeout, shutdown, the `no_auth_tryed` event). `handler` is the russh handler, `auth`

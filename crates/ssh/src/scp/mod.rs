@@ -103,7 +103,7 @@ where
     /// Reports a failure that skips one item: a warning message to the peer and a line on
     /// standard error.
     pub(crate) async fn warn(&mut self, message: &str) -> Result<(), Stop> {
-        info!(reason = message, "SCP item failed");
+        debug!(reason = message, "SCP item failed");
         let line = protocol::warning(&format!("scp: {message}"));
         self.report(&line, message).await
     }
