@@ -456,3 +456,29 @@ time.sleep(60)
     let _ = client.kill();
     let _ = client.wait();
 }
+
+#[test]
+fn ipv6_client_address_reported() {
+    let server = TestServer::with(Options {
+        config: Config {
+            bindings: vec![Binding {
+                address: "::1".into(),
+                ..Binding::default()
+            }],
+            ..Config::default()
+        },
+        ..Options::default()
+    });
+    let mut command = std::process::Command::new("sshpass");
+    command
+        .env("SSHPASS", "wrong")
+        .args(["-e", "ssh"])
+        .args(ssh_options(server.port))
+        .args(["-o", "PreferredAuthentications=password"])
+        .args(["alice@::1", "true"]);
+    let output = run(command, Duration::from_secs(30));
+    assert_eq!(output.status.code(), Some(255), "{}", text(&output.stderr));
+    let mut expected = event("alice", "password", 0);
+    expected.ip = "::1".into();
+    assert_eq!(server.events(1, SETTLE), vec![expected]);
+}
