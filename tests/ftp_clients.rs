@@ -141,8 +141,7 @@ fn curl_resumes_upload_with_appe() {
     let full = server.root().join("full.bin");
     write_random_file(&full, 3 * 1024 * 1024);
     let part = server.root().join("part.bin");
-    let bytes = std::fs::read(&full).unwrap();
-    std::fs::write(&part, &bytes[..1024 * 1024]).unwrap();
+    write_prefix(&full, &part, 1024 * 1024);
 
     let first = curl(&[
         s("-T"),
@@ -150,7 +149,7 @@ fn curl_resumes_upload_with_appe() {
         alice_url(&server, "resume.bin"),
     ]);
     assert_success(&first, "curl partial upload");
-    // -C - asks the server for the size (SIZE) and sends the rest with APPE.
+    // -C - requests the size (SIZE) and sends the rest with APPE.
     let rest = curl(&[
         s("-v"),
         s("-C"),
@@ -252,8 +251,7 @@ fn lftp_resumes_download_with_rest() {
     std::fs::create_dir_all(remote.parent().unwrap()).unwrap();
     write_random_file(&remote, 8 * 1024 * 1024 + 3);
     let local = server.root().join("big.part");
-    let bytes = std::fs::read(&remote).unwrap();
-    std::fs::write(&local, &bytes[..3 * 1024 * 1024]).unwrap();
+    write_prefix(&remote, &local, 3 * 1024 * 1024);
 
     let output = lftp(
         server.ftp_port(),
@@ -273,8 +271,7 @@ fn lftp_resumes_upload_with_rest() {
     write_random_file(&full, 5 * 1024 * 1024 + 1);
     let remote = server.home("alice").join("up.bin");
     std::fs::create_dir_all(remote.parent().unwrap()).unwrap();
-    let bytes = std::fs::read(&full).unwrap();
-    std::fs::write(&remote, &bytes[..2 * 1024 * 1024]).unwrap();
+    write_prefix(&full, &remote, 2 * 1024 * 1024);
 
     let output = lftp(
         server.ftp_port(),
@@ -290,13 +287,7 @@ fn lftp_resumes_upload_with_rest() {
 #[test]
 fn lftp_ftps_mirror() {
     let certificate = TestCertificate::new();
-    let server = certificate
-        .configure(ftp_only())
-        .set(
-            "ftpd",
-            "bindings = [{ address = \"127.0.0.1\", port = 0, tls_mode = 1 }]",
-        )
-        .start();
+    let server = start_tls_required(&certificate);
     let source = server.root().join("tree");
     std::fs::create_dir_all(source.join("d")).unwrap();
     write_random_file(&source.join("d/f.bin"), 2_000_000);

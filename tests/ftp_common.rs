@@ -2,8 +2,9 @@
 //! lftp and Python's ftplib that fail with the client's output.
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -74,7 +75,7 @@ pub fn assert_success(output: &Output, what: &str) {
     );
 }
 
-/// Runs a Python script with `args`; the script sees them as `sys.argv[1:]`.
+/// Runs a Python script with `args`, which it reads from `sys.argv[1:]`.
 pub fn python(script: &str, args: &[String]) -> Output {
     let mut command = Command::new("python3");
     command.arg("-c").arg(script).args(args);
@@ -112,7 +113,51 @@ pub fn ftp_listeners(server: &TestServer) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// The URL of a file of alice's on the server.
+/// Starts an FTP-only server whose one listener requires TLS.
+pub fn start_tls_required(certificate: &TestCertificate) -> TestServer {
+    certificate
+        .configure(Setup::default().only(&["ftp"]))
+        .set(
+            "ftpd",
+            "bindings = [{ address = \"127.0.0.1\", port = 0, tls_mode = 1 }]",
+        )
+        .start()
+}
+
+/// Writes the first `len` bytes of `from` to `to`, as an interrupted transfer leaves them.
+pub fn write_prefix(from: &Path, to: &Path, len: usize) {
+    let bytes = std::fs::read(from).unwrap();
+    std::fs::write(to, &bytes[..len]).unwrap();
+}
+
+/// Logs alice in on a new control connection and returns it, ready for the next command.
+pub fn logged_in_control(port: u16) -> BufReader<TcpStream> {
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut control = BufReader::new(stream);
+    let mut expect = |command: Option<String>, code: &str| {
+        if let Some(command) = command {
+            control
+                .get_mut()
+                .write_all(format!("{command}\r\n").as_bytes())
+                .unwrap();
+        }
+        let mut line = String::new();
+        control.read_line(&mut line).unwrap();
+        assert!(line.starts_with(code), "expected {code}, got {line:?}");
+    };
+    expect(None, "220 ");
+    expect(Some("USER alice".into()), "331 ");
+    expect(
+        Some(format!("PASS {}", crate::common::ALICE_PASSWORD)),
+        "230 ",
+    );
+    control
+}
+
+/// Returns the URL of a file in alice's home on the server.
 pub fn alice_url(server: &TestServer, path: &str) -> String {
     format!(
         "ftp://alice:{}@127.0.0.1:{}/{path}",

@@ -42,6 +42,13 @@ impl Control {
         line
     }
 
+    /// Asserts that the next reply is 421 and that the server then closed the connection.
+    fn expect_closed_with_421(&mut self) {
+        let reply = self.line();
+        assert!(reply.starts_with("421 "), "{reply:?}");
+        assert_eq!(self.line(), "", "the connection must be closed after 421");
+    }
+
     fn command(&mut self, command: &str) -> String {
         self.writer
             .write_all(format!("{command}\r\n").as_bytes())
@@ -175,16 +182,8 @@ fn login_timeout_closes_and_reports() {
     std::thread::sleep(Duration::from_millis(1000));
     assert!(named.command("NOOP").starts_with("200 "));
 
-    assert_eq!(
-        silent.line(),
-        "",
-        "the server must close a connection without login"
-    );
-    assert_eq!(
-        named.line(),
-        "",
-        "the server must close a connection without login"
-    );
+    silent.expect_closed_with_421();
+    named.expect_closed_with_421();
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_millis(1900),
@@ -264,14 +263,7 @@ fn post_connect_rejection_gets_421() {
             &format!("post_connect_hook = \"{}\"", hook.display()),
         )
         .start();
-    let mut control = Control::connect(server.ftp_port());
-    let reply = control.line();
-    assert!(reply.starts_with("421 "), "{reply:?}");
-    assert_eq!(
-        control.line(),
-        "",
-        "the connection must be closed after 421"
-    );
+    Control::connect(server.ftp_port()).expect_closed_with_421();
 
     let curl_output = curl(&[alice_url(&server, "")]);
     assert!(!curl_output.status.success());

@@ -5,6 +5,8 @@ mod common;
 #[path = "ftp_common.rs"]
 mod ftp_common;
 
+use std::io::{BufRead, Read};
+
 use common::*;
 use ftp_common::*;
 
@@ -34,7 +36,8 @@ assert f.welcome.startswith('220 '), f.welcome
 
 feat = f.sendcmd('FEAT')
 lines = feat.splitlines()
-assert lines[0].startswith('211-') and lines[-1].startswith('211 '), feat
+assert lines[0].startswith('211-'), feat
+assert lines[-1].startswith('211 '), feat
 features = {line.strip().split(' ')[0] for line in lines[1:-1]}
 for name in ['UTF8', 'MLST', 'MLSD', 'EPSV', 'SIZE', 'MDTM', 'REST']:
     assert name in features, (name, feat)
@@ -55,7 +58,8 @@ f.storbinary(f'STOR {folder}/{name}', io.BytesIO(b'0123456789'))
 assert f.nlst(folder) == [name], f.nlst(folder)
 listing = []
 f.retrlines(f'LIST {folder}', listing.append)
-assert len(listing) == 1 and listing[0].endswith(' ' + name), listing
+assert len(listing) == 1, listing
+assert listing[0].endswith(' ' + name), listing
 assert listing[0].startswith('-rw'), listing
 assert open(f'{home}/{folder}/{name}', 'rb').read() == b'0123456789'
 
@@ -63,7 +67,8 @@ assert open(f'{home}/{folder}/{name}', 'rb').read() == b'0123456789'
 entries = dict(f.mlsd(folder))
 assert list(entries) == [name], entries
 facts = entries[name]
-assert facts['type'] == 'file' and facts['size'] == '10', facts
+assert facts['type'] == 'file', facts
+assert facts['size'] == '10', facts
 assert re.fullmatch(r'\d{14}', facts['modify']), facts
 top = dict(f.mlsd())
 assert top[folder]['type'] == 'dir', top
@@ -71,14 +76,17 @@ assert top[folder]['type'] == 'dir', top
 # MLST: a multi-line 250 reply, one space before the facts, every fact ends with ';'.
 reply = f.sendcmd(f'MLST {folder}/{name}')
 lines = reply.splitlines()
-assert lines[0].startswith('250-') and lines[-1].startswith('250 '), reply
+assert lines[0].startswith('250-'), reply
+assert lines[-1].startswith('250 '), reply
 assert len(lines) == 3, reply
 facts_line = lines[1]
-assert facts_line.startswith(' ') and not facts_line.startswith('  '), repr(facts_line)
+assert facts_line.startswith(' '), repr(facts_line)
+assert not facts_line.startswith('  '), repr(facts_line)
 facts_text, path = facts_line[1:].split(' ', 1)
 assert path.endswith(name), reply
 assert re.fullmatch(r'([a-z.]+=[^;]*;)+', facts_text), facts_text
-assert 'type=file;' in facts_text and 'size=10;' in facts_text, facts_text
+assert 'type=file;' in facts_text, facts_text
+assert 'size=10;' in facts_text, facts_text
 assert re.search(r'modify=\d{14};', facts_text), facts_text
 
 assert f.size(f'{folder}/{name}') == 10
@@ -436,9 +444,9 @@ fn ftps_upload_stored() {
     let output = run_script(&server, server.ftp_port(), FTPS_UPLOAD, &extra);
     let lines: Vec<&str> = output.lines().collect();
     assert_eq!(lines.last(), Some(&"226"), "{output}");
-    // NOTE: Ferry does not answer the client's close_notify on an upload with its own,
+    // NOTE: Ferry does not reply to the client's close_notify on an upload with its own,
     // because libunftp drops the data stream without a TLS shutdown. Python's
-    // `FTP_TLS.storbinary`, which waits for that answer, therefore reports an error after
+    // `FTP_TLS.storbinary`, which waits for that reply, therefore reports an error after
     // the file was stored.
     assert_eq!(
         lines.first(),
@@ -497,15 +505,49 @@ print('ok')
 #[test]
 fn tls_required_on_control_and_data() {
     let certificate = TestCertificate::new();
-    let server = certificate
-        .configure(ftp_only())
-        .set(
-            "ftpd",
-            "bindings = [{ address = \"127.0.0.1\", port = 0, tls_mode = 1 }]",
-        )
-        .start();
+    let server = start_tls_required(&certificate);
     std::fs::create_dir_all(server.home("alice")).unwrap();
     let extra = [certificate.cert.display().to_string()];
     let output = run_script(&server, server.ftp_port(), TLS_REQUIRED, &extra);
     assert_eq!(output.trim(), "ok");
+}
+
+#[test]
+fn idle_timeout_after_login() {
+    let server = ftp_only()
+        .set("ftpd", "idle_timeout = 2")
+        .set("ftpd", "login_timeout = 2")
+        .start();
+    let mut control = logged_in_control(server.ftp_port());
+    let started = std::time::Instant::now();
+    let mut line = String::new();
+    control.read_line(&mut line).unwrap();
+    // NOTE: libunftp announces the idle timeout with 221; RFC 959 reserves 221 for the
+    // reply to QUIT and uses 421 for a close that the server starts.
+    assert!(line.starts_with("221 "), "{line:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(1900),
+        "{waited:?}"
+    );
+    line.clear();
+    assert_eq!(
+        control.read_line(&mut line).unwrap(),
+        0,
+        "connection left open"
+    );
+}
+
+#[test]
+fn shutdown_closes_open_sessions() {
+    // The harness gives open connections 5 seconds after SIGTERM.
+    let mut server = ftp_only().start();
+    let mut control = logged_in_control(server.ftp_port());
+    let started = std::time::Instant::now();
+    assert!(server.stop(), "ferry did not exit cleanly");
+    let waited = started.elapsed();
+    assert!(waited < std::time::Duration::from_secs(20), "{waited:?}");
+    let mut rest = String::new();
+    let _ = control.read_to_string(&mut rest);
+    assert!(rest.starts_with("421 "), "{rest:?}");
 }

@@ -4,8 +4,8 @@
 //! libunftp reports no failed logins and no reliable disconnects, and can refuse a login
 //! after its authenticator accepted it. So the authenticator of each connection runs the
 //! whole login through [`Logins::login_with_password`] (password, account rules, session
-//! limit, home directory) and reports the outcome itself; by the time it returns `Ok`,
-//! nothing libunftp checks afterwards can fail.
+//! limit, home directory) and reports the outcome itself. By the time it returns `Ok`,
+//! nothing that libunftp checks afterwards can fail.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -112,6 +112,9 @@ impl Authenticator for PasswordAuthenticator {
                 .await
             {
                 Ok(session) => {
+                    // What libunftp checks after this cannot fail: `DefaultUser` is always
+                    // enabled, the storage's `enter` does nothing, and no command holds
+                    // the storage before login.
                     self.state.start_session(session);
                     Ok(Principal {
                         username: username.to_owned(),

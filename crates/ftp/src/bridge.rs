@@ -107,8 +107,8 @@ mod tests {
 
     #[tokio::test]
     async fn binder_finds_last_free_port() {
-        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = taken.local_addr().unwrap().port();
+        let in_use = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = in_use.local_addr().unwrap().port();
         let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let free_port = free.local_addr().unwrap().port();
         drop(free);
@@ -126,8 +126,8 @@ mod tests {
 
     #[tokio::test]
     async fn binder_reports_full_range() {
-        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = taken.local_addr().unwrap().port();
+        let in_use = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = in_use.local_addr().unwrap().port();
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let error = PassivePortBinder.bind(ip, port..=port).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::AddrInUse);

@@ -190,7 +190,7 @@ impl Config {
     }
 }
 
-/// How PASV replies name the server.
+/// The server address that PASV replies announce.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum PassiveHost {
     /// The local address of the control connection.

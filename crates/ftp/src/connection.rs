@@ -22,13 +22,14 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, field, info, info_span, warn};
+use unftp_core::auth::DefaultUser;
 
 use crate::auth::{AttemptTracker, PasswordAuthenticator};
 use crate::bridge::{PassivePortBinder, libunftp_logger};
 use crate::config::PassiveHost;
 use crate::storage::VfsStorage;
 use crate::tls::HandshakeCounter;
-use crate::{Listener, Shared};
+use crate::{Config, Listener, Shared};
 
 /// The first line every client gets.
 const GREETING: &str = "Ferry FTP server ready";
@@ -39,7 +40,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// Time allowed to send the rejection reply to a client that the admission refused.
 const REJECT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What the authenticator, the storage back-end and the connection task share.
+/// State shared by the authenticator, the storage back-end and the connection task.
 pub(crate) struct ConnectionState {
     pub(crate) id: String,
     pub(crate) ip: IpAddr,
@@ -51,13 +52,16 @@ pub(crate) struct ConnectionState {
     session: std::sync::Mutex<Option<Session>>,
     logged_in: AtomicBool,
     login_notify: Notify,
-    data_tls: Option<DataTls>,
+    /// Present when FTPS is configured.
+    tls: Option<TlsState>,
 }
 
-/// TLS handshakes on a listener that requires TLS on data connections.
-struct DataTls {
+/// The TLS handshakes of one control connection and its data connections.
+struct TlsState {
     handshakes: Arc<HandshakeCounter>,
-    /// Handshakes already matched to a control or data connection.
+    /// Whether the listener requires TLS on data connections.
+    data_required: bool,
+    /// Handshakes already matched to the control connection or a transfer.
     used: AtomicU64,
 }
 
@@ -78,11 +82,9 @@ impl ConnectionState {
     /// Stores the session of a successful login and stops the login timeout.
     pub(crate) fn start_session(&self, session: Session) {
         *self.lock_session() = Some(session);
-        if let Some(data_tls) = &self.data_tls {
-            // The control connection's own handshake happened before USER.
-            data_tls
-                .used
-                .store(data_tls.handshakes.count(), Ordering::SeqCst);
+        if let Some(tls) = &self.tls {
+            // The control connection's own handshake, if any, happened before USER.
+            tls.used.store(tls.handshakes.count(), Ordering::SeqCst);
         }
         self.logged_in.store(true, Ordering::SeqCst);
         self.login_notify.notify_one();
@@ -101,11 +103,11 @@ impl ConnectionState {
     /// makes the data connection's handshake before it calls the storage back-end, and runs
     /// one transfer at a time per control connection.
     pub(crate) fn check_data_tls(&self) -> bool {
-        let Some(data_tls) = &self.data_tls else {
+        let Some(tls) = self.tls.as_ref().filter(|tls| tls.data_required) else {
             return true;
         };
-        let handshakes = data_tls.handshakes.count();
-        data_tls.used.fetch_max(handshakes, Ordering::SeqCst) < handshakes
+        let handshakes = tls.handshakes.count();
+        tls.used.fetch_max(handshakes, Ordering::SeqCst) < handshakes
     }
 
     /// Returns whether the client closed or reset the control connection.
@@ -136,7 +138,18 @@ impl ConnectionState {
         }
     }
 
-    fn close_control(&self) {
+    /// Closes the control connection, first sending `421 {reason}` when the connection is
+    /// not encrypted. libunftp may be writing a reply at the same moment, which a client
+    /// that is being disconnected anyway can live with.
+    fn close_control(&self, reason: &str) {
+        let encrypted = self
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.handshakes.count() > 0);
+        if !encrypted {
+            // The socket is non-blocking; a short reply fits in an idle send buffer.
+            let _ = self.control.send(format!("421 {reason}\r\n").as_bytes());
+        }
         if let Err(error) = self.control.shutdown(Shutdown::Both) {
             debug!(%error, "control connection already closed");
         }
@@ -145,7 +158,7 @@ impl ConnectionState {
 
 /// Notices input on the control connection while a transfer runs.
 ///
-/// libunftp holds the session for the whole transfer, so a command sent meanwhile (ABOR
+/// libunftp keeps the session locked for the whole transfer, so a command sent meanwhile (ABOR
 /// above all) waits until the data connection closes, and an upload that the client
 /// aborted would then be stored. The watch is a second registration of the control socket
 /// with the runtime: it sees the socket become readable even though libunftp reads the
@@ -221,30 +234,14 @@ async fn serve(
     };
     debug!(local = %listener.address, "connection accepted");
 
-    let socket = socket2::SockRef::from(&stream);
-    if let Err(error) = stream.set_nodelay(true) {
-        debug!(%error, "cannot disable Nagle's algorithm on the control connection");
-    }
-    // An urgent ABOR (sent with MSG_OOB, as Python's ftplib does) would otherwise lose its
-    // last byte to the out-of-band channel, and libunftp would never see the command end.
-    if let Err(error) = socket.set_out_of_band_inline(true) {
-        debug!(%error, "cannot keep urgent data inline on the control connection");
-    }
-    let control = match socket.try_clone() {
+    let control = match prepare_socket(&stream) {
         Ok(control) => control,
         Err(error) => {
             warn!(%error, "cannot duplicate the control socket; connection closed");
             return;
         }
     };
-
-    let tls = match (&shared.tls, listener.tls_required) {
-        (Some(tls), required) => {
-            let (config, handshakes) = tls.for_connection();
-            Some((config, handshakes, required))
-        }
-        (None, _) => None,
-    };
+    let tls = shared.tls.as_ref().map(|tls| tls.for_connection());
     let state = Arc::new(ConnectionState {
         id: id.clone(),
         ip,
@@ -253,44 +250,15 @@ async fn serve(
         session: std::sync::Mutex::new(None),
         logged_in: AtomicBool::new(false),
         login_notify: Notify::new(),
-        data_tls: tls
-            .as_ref()
-            .filter(|(_, _, required)| *required)
-            .map(|(_, handshakes, _)| DataTls {
-                handshakes: Arc::clone(handshakes),
-                used: AtomicU64::new(0),
-            }),
+        tls: tls.as_ref().map(|(_, handshakes)| TlsState {
+            handshakes: Arc::clone(handshakes),
+            data_required: listener.tls_required,
+            used: AtomicU64::new(0),
+        }),
     });
     let attempts = Arc::new(AttemptTracker::new(hooks.clone(), ip, &id));
-
-    let storage_state = Arc::clone(&state);
-    let authenticator = PasswordAuthenticator::new(
-        shared.logins.clone(),
-        Arc::clone(&state),
-        Arc::clone(&attempts),
-    );
-    let mut builder = libunftp::ServerBuilder::with_authenticator(
-        Box::new(move || VfsStorage::new(Arc::clone(&storage_state))),
-        Arc::new(authenticator),
-    )
-    .greeting(GREETING)
-    .passive_ports(shared.config.passive_port_range.start..=shared.config.passive_port_range.end)
-    .passive_host(match &shared.passive_host {
-        PassiveHost::FromConnection => libunftp::options::PassiveHost::FromConnection,
-        PassiveHost::Ip(ip) => libunftp::options::PassiveHost::Ip(*ip),
-        PassiveHost::Name(name) => libunftp::options::PassiveHost::Dns(name.clone()),
-    })
-    .idle_session_timeout(shared.config.idle_timeout)
-    .sitemd5(SiteMd5::None)
-    .binder(PassivePortBinder)
-    .logger(libunftp_logger(&id));
-    if let Some((config, _, required)) = tls {
-        builder = builder.ftps_manual::<PathBuf>(config);
-        if required {
-            builder = builder.ftps_required(FtpsRequired::All, FtpsRequired::All);
-        }
-    }
-    let server = match builder.build() {
+    let tls_config = tls.map(|(config, _)| config);
+    let server = match build_server(&shared, &listener, &state, &attempts, tls_config) {
         Ok(server) => server,
         Err(error) => {
             warn!(%error, "cannot set up the FTP session; connection closed");
@@ -298,32 +266,7 @@ async fn serve(
         }
     };
 
-    let service = server.service(stream);
-    tokio::pin!(service);
-    let login_deadline = tokio::time::sleep(Duration::from_secs(shared.config.login_timeout));
-    tokio::pin!(login_deadline);
-    loop {
-        tokio::select! {
-            _ = &mut service => break,
-            () = state.login_notify.notified(), if !state.is_logged_in() => {}
-            () = &mut login_deadline, if !state.is_logged_in() => {
-                info!(
-                    login_timeout_secs = shared.config.login_timeout,
-                    "login timeout; closing the connection"
-                );
-                state.close_control();
-                let _ = tokio::time::timeout(CLOSE_WAIT, &mut service).await;
-                break;
-            }
-            () = force_close.cancelled() => {
-                info!("closing the connection: the server is shutting down");
-                state.close_control();
-                let _ = tokio::time::timeout(CLOSE_WAIT, &mut service).await;
-                break;
-            }
-        }
-    }
-
+    supervise(server.service(stream), &state, &shared.config, &force_close).await;
     state.end_session();
     drop(attempts);
     drop(permit);
@@ -331,6 +274,103 @@ async fn serve(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "connection closed"
     );
+}
+
+/// Sets the control socket's options and returns a second handle to it.
+fn prepare_socket(stream: &TcpStream) -> std::io::Result<socket2::Socket> {
+    if let Err(error) = stream.set_nodelay(true) {
+        debug!(%error, "cannot disable Nagle's algorithm on the control connection");
+    }
+    let socket = socket2::SockRef::from(stream);
+    // An urgent ABOR (sent with MSG_OOB, as Python's ftplib does) would otherwise lose its
+    // last byte to the out-of-band channel, and libunftp would never see the command end.
+    if let Err(error) = socket.set_out_of_band_inline(true) {
+        debug!(%error, "cannot keep urgent data inline on the control connection");
+    }
+    socket.try_clone()
+}
+
+/// Builds the libunftp server for one control connection.
+fn build_server(
+    shared: &Shared,
+    listener: &Listener,
+    state: &Arc<ConnectionState>,
+    attempts: &Arc<AttemptTracker>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<libunftp::Server<VfsStorage, DefaultUser>, libunftp::ServerError> {
+    let storage_state = Arc::clone(state);
+    let authenticator = PasswordAuthenticator::new(
+        shared.logins.clone(),
+        Arc::clone(state),
+        Arc::clone(attempts),
+    );
+
+    let ports = &shared.config.passive_port_range;
+    let passive_host = match &shared.passive_host {
+        PassiveHost::FromConnection => libunftp::options::PassiveHost::FromConnection,
+        PassiveHost::Ip(ip) => libunftp::options::PassiveHost::Ip(*ip),
+        PassiveHost::Name(name) => libunftp::options::PassiveHost::Dns(name.clone()),
+    };
+    let mut builder = libunftp::ServerBuilder::with_authenticator(
+        Box::new(move || VfsStorage::new(Arc::clone(&storage_state))),
+        Arc::new(authenticator),
+    )
+    .greeting(GREETING)
+    .passive_ports(ports.start..=ports.end)
+    .passive_host(passive_host)
+    .idle_session_timeout(shared.config.idle_timeout)
+    .sitemd5(SiteMd5::None)
+    .binder(PassivePortBinder)
+    .logger(libunftp_logger(&state.id));
+
+    if let Some(config) = tls {
+        builder = builder.ftps_manual::<PathBuf>(config);
+        if listener.tls_required {
+            builder = builder.ftps_required(FtpsRequired::All, FtpsRequired::All);
+        }
+    }
+    builder.build()
+}
+
+/// Waits for libunftp to finish the connection, closing it first when the login timeout
+/// expires or the shutdown grace period ends.
+async fn supervise(
+    service: impl Future,
+    state: &ConnectionState,
+    config: &Config,
+    force_close: &CancellationToken,
+) {
+    tokio::pin!(service);
+    let login_deadline = tokio::time::sleep(Duration::from_secs(config.login_timeout));
+    tokio::pin!(login_deadline);
+    loop {
+        tokio::select! {
+            _ = &mut service => return,
+            () = state.login_notify.notified(), if !state.is_logged_in() => {}
+            () = &mut login_deadline, if !state.is_logged_in() => {
+                if state.is_logged_in() {
+                    continue;
+                }
+                info!(
+                    login_timeout_secs = config.login_timeout,
+                    "login timeout; closing the connection"
+                );
+                state.close_control("Login timeout, closing control connection.");
+                break;
+            }
+            () = force_close.cancelled() => {
+                info!("closing the connection: the server is shutting down");
+                state.close_control("Server shutting down, closing control connection.");
+                break;
+            }
+        }
+    }
+    if tokio::time::timeout(CLOSE_WAIT, &mut service)
+        .await
+        .is_err()
+    {
+        debug!("libunftp did not end the control loop in time after the socket closed");
+    }
 }
 
 /// Answers a connection that the admission refused with 421 and closes it.

@@ -3,17 +3,30 @@
 //!
 //! Ferry accepts control connections itself and runs a libunftp server per connection
 //! ([`connection`]), because libunftp reports neither failed logins nor disconnects, and
-//! knows neither the client's address nor Ferry's connection id. Each connection gets an
+//! has neither the client's address nor Ferry's connection id. Each connection gets an
 //! authenticator that carries those and performs the whole login ([`auth`]), and a storage
 //! back-end over the user's [`ferry_vfs::Vfs`] ([`storage`]).
 //!
 //! Known limits of libunftp 0.24 that Ferry cannot work around from outside:
 //! - A command with a syntax error (`REST abc`, `MODE Z`, `OPTS` with an unknown option)
-//!   gets its error reply and then closes the connection.
-//! - `CWD` stores the path as given, so `PWD` can answer `/a/..` after `CWD ..`; every path
+//!   gets its error reply, and then libunftp closes the connection.
+//! - `CWD` stores the path as given, so `PWD` can answer `/a/..` after `CWD ..`. Every path
 //!   is still normalized before it reaches the files.
-//! - `FEAT` lists `MLST` without its facts, and `MLST` on a symlink reports `type=file`.
+//! - `FEAT` lists `MLST` without its facts, `MKD` answers `257 /path` without the quotes
+//!   of RFC 959, and the idle timeout is announced with 221 rather than 421.
 //! - `PASV` on an IPv6 control connection closes the connection; IPv6 clients use `EPSV`.
+//! - libunftp holds the session during a transfer, so commands wait until it ends. Ferry
+//!   therefore aborts a transfer when the client sends anything on the control connection
+//!   meanwhile, which makes ABOR work but also ends a transfer on `STAT` or `NOOP`.
+//! - A command sent as TCP urgent data (Python's ftplib sends ABOR so) is read only up to
+//!   the urgent mark, and answered when the client sends more.
+//! - On an upload over TLS the client's close_notify gets no close_notify back, so clients
+//!   that wait for it (Python's `FTP_TLS.storbinary`) report an error after the file was
+//!   stored. A failed TLS handshake on a data connection panics libunftp's data task, and
+//!   that transfer gets no reply.
+//!
+//! TODO: libunftp keeps a `REST` offset after a failed transfer, so the next transfer
+//! without `REST` starts at that offset. Fixing it needs a change in libunftp.
 
 #![deny(
     clippy::unwrap_used,
@@ -51,7 +64,7 @@ const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
 /// Time given to connections to close after the grace period ended.
 const FORCED_CLOSE_WAIT: Duration = Duration::from_secs(10);
 
-/// Why the FTP service cannot start.
+/// Errors that stop the FTP service from starting.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

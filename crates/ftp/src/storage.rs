@@ -3,7 +3,8 @@
 //! libunftp passes paths that it built by joining the client's argument to its working
 //! directory, so they may still contain `.` and `..`; [`VPath`] normalizes them inside the
 //! home directory. Uploads go through [`Vfs::open_write`] and are committed only when the
-//! whole stream arrived, so in atomic mode an interrupted upload never replaces a file.
+//! whole stream arrived and the client neither sent a command (ABOR) nor went away
+//! meanwhile, so in atomic mode an interrupted upload never replaces a file.
 
 use std::fmt::{self, Write as _};
 use std::io;
@@ -26,12 +27,12 @@ use crate::connection::ConnectionState;
 const CHUNK_SIZE: usize = 256 * 1024;
 
 /// Time an upload waits after its data stream ended for the control connection to close,
-/// which shows that the client was killed rather than done. A killed client closes both
-/// connections within microseconds; this margin covers network jitter between the two
-/// connections and adds the same delay to every upload.
+/// which shows that the client was killed rather than done. The sockets of a killed client
+/// close at about the same moment, in either order. This margin covers jitter between the
+/// two connections, and it adds the same delay to every upload.
 const CONTROL_CLOSE_GRACE: Duration = Duration::from_millis(20);
 
-/// What `stat` reports, plus a symlink's target for `LIST`.
+/// File metadata from `stat`, plus a symlink's target for `LIST`.
 #[derive(Clone, Debug)]
 pub(crate) struct FileMetadata {
     inner: ferry_vfs::Metadata,
@@ -107,8 +108,8 @@ impl VfsStorage {
     }
 
     /// Lists a directory, or returns the single entry of a file, as `ls` does. A symlink is
-    /// shown as what it points to when that lies inside the home, so that clients can open
-    /// linked folders; otherwise as a link with its target.
+    /// shown as its target when that lies inside the home, so that clients can open linked
+    /// folders. Any other symlink is shown as a link with its target path.
     async fn entries(&self, path: &Path) -> Result<Vec<Fileinfo<PathBuf, FileMetadata>>> {
         let (vfs, dir) = self.resolve(path)?;
         let meta = vfs
@@ -159,7 +160,7 @@ impl VfsStorage {
         work.instrument(self.state.span.clone()).await
     }
 
-    /// Lists for LIST, NLST and MLSD. libunftp has sent 150 before it asks for the listing,
+    /// Lists for LIST, NLST and MLSD. libunftp has sent 150 before it requests the listing,
     /// and a 550 after a 150 makes clients such as rclone report a failed transfer rather
     /// than a missing folder, so a missing path lists as empty.
     async fn data_listing(&self, path: &Path) -> Result<Vec<Fileinfo<PathBuf, FileMetadata>>> {
@@ -257,7 +258,7 @@ impl<User: UserDetail> StorageBackend<User> for VfsStorage {
         .await
     }
 
-    /// Serves `STAT path`, which answers on the control connection.
+    /// Serves `STAT path`, whose reply goes over the control connection.
     async fn list_vec<P>(&self, _user: &User, path: P) -> Result<Vec<String>>
     where
         P: AsRef<Path> + Send + fmt::Debug,
@@ -400,8 +401,8 @@ impl<User: UserDetail> StorageBackend<User> for VfsStorage {
             };
 
             // A client that is killed closes its data connection as if the file were
-            // complete; its control connection, closed at the same moment, tells the two
-            // apart. Linux may close the data socket first, so the check waits briefly, and
+            // complete; its control connection, closed at the same moment, distinguishes
+            // the two. Linux may close the data socket first, so the check waits briefly, and
             // an ABOR sent right after closing the data connection arrives meanwhile too.
             tokio::time::sleep(CONTROL_CLOSE_GRACE).await;
             if watch.has_activity() || self.state.control_closed() {
@@ -482,7 +483,7 @@ impl<User: UserDetail> StorageBackend<User> for VfsStorage {
     }
 }
 
-/// Where a transfer failed: on the local file or on the data connection.
+/// The side of a transfer that failed: the local file or the data connection.
 enum TransferError {
     File(VfsError),
     Connection(io::Error),
@@ -539,8 +540,8 @@ async fn receive_file<R: AsyncRead + Unpin>(
     }
 }
 
-/// Cuts the file at the `REST` offset, so the upload continues from there; an offset beyond
-/// the end is refused rather than leaving a hole of zeros.
+/// Cuts the file at the `REST` offset, so that the upload continues from there. An offset
+/// beyond the end is rejected rather than leaving a hole of zeros.
 async fn truncate_for_restart(
     writer: &FileWriter,
     start_pos: u64,
@@ -559,7 +560,7 @@ async fn truncate_for_restart(
     writer.set_len(start_pos).await
 }
 
-/// The reply to a transfer that the client aborted: 426.
+/// Returns the error for a transfer that the client aborted, which libunftp answers with 426.
 fn aborted_error() -> Error {
     Error::new(
         ErrorKind::ConnectionClosed,

@@ -98,7 +98,7 @@ impl Tls {
 /// Issues session tickets on the control connection only.
 ///
 /// A TLS 1.3 server sends its tickets after the handshake. On an upload the client only
-/// writes to the data connection, so some clients (rclone, or any Go program) never read
+/// writes to the data connection, so some clients (rclone, for one) never read
 /// the tickets, and closing a socket with unread data sends a TCP reset instead of a FIN,
 /// which fails the upload. Clients resume data connections from the control connection's
 /// session, so tickets on data connections serve no one. The first handshake of a
@@ -135,7 +135,7 @@ impl rustls::server::ProducesTickets for ControlConnectionTickets {
 
 /// Counts the TLS handshakes of one FTP connection.
 ///
-/// libunftp terminates TLS itself and tells the storage layer nothing about it, and it
+/// libunftp terminates TLS itself without reporting it to the storage layer, and it
 /// enforces a protected data connection only for PASV, not for EPSV. rustls reports every
 /// handshake, full or resumed, to the configured key log, once per derived secret with the
 /// handshake's client random. This type implements that interface only to count distinct
