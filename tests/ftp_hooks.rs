@@ -275,3 +275,40 @@ fn post_connect_rejection_gets_421() {
         "a rejected connection has no login event"
     );
 }
+
+#[test]
+fn session_limit_counts_open_sessions() {
+    let server = ftp_only()
+        .user(&format!(
+            "username = \"frank\"\npassword = \"{}\"\nhome_dir = \"home/frank\"\nmax_sessions = 1",
+            password_hash("frankpw")
+        ))
+        .start();
+    let port = server.ftp_port();
+    let mut first = Control::connect(port);
+    first.line();
+    first.command("USER frank");
+    assert!(first.command("PASS frankpw").starts_with("230 "));
+    assert!(
+        login(port, "frank", "frankpw").starts_with("530 "),
+        "second session allowed"
+    );
+
+    // The session ends with its connection, so the next login gets through.
+    assert!(first.command("QUIT").starts_with("221 "));
+    assert_eq!(first.line(), "");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        login(port, "frank", "frankpw").starts_with("230 "),
+        "session not released"
+    );
+
+    let events = server.wait_events(3, SETTLE);
+    let mut expected = vec![
+        Event::new("frank", "password", 1, "FTP"),
+        Event::new("frank", "password", 0, "FTP"),
+        Event::new("frank", "password", 1, "FTP"),
+    ];
+    expected.sort();
+    assert_eq!(events, expected);
+}

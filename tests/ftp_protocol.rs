@@ -383,6 +383,8 @@ for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
     f.prot_p()
     assert f.sock.version() == {'TLSv1_3': 'TLSv1.3', 'TLSv1_2': 'TLSv1.2'}[version.name]
     assert 'data.bin' in f.nlst(), version
+    # retrbinary() unwraps the TLS data connection, which fails unless the server sent
+    # close_notify before closing it.
     received = io.BytesIO()
     f.retrbinary('RETR data.bin', received.write)
     assert received.getvalue() == bytes(range(256)) * 4000, version
