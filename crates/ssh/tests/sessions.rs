@@ -427,6 +427,65 @@ fn scp_bad_name_rejected() {
 }
 
 #[test]
+fn scp_download_small_window() {
+    let server = TestServer::start();
+    let home = server.home("alice");
+    let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(home.join("data.bin"), &data).unwrap();
+    // A client with a small window and packet size, as FileZilla and sshj use, must get
+    // every byte with no packet larger than it allows.
+    let output = python(
+        server.root(),
+        r#"
+import hashlib, sys, paramiko
+t = paramiko.Transport(("127.0.0.1", int(sys.argv[1])), default_window_size=131072,
+                       default_max_packet_size=32768)
+t.start_client(timeout=10)
+t.auth_publickey("alice", paramiko.Ed25519Key.from_private_key_file(sys.argv[2]))
+chan = t.open_session(window_size=131072, max_packet_size=32768)
+chan.settimeout(30)
+chan.exec_command("scp -f data.bin")
+chan.sendall(b"\0")
+record = b""
+while not record.endswith(b"\n"):
+    record += chan.recv(1)
+size = int(record.split(b" ")[1])
+chan.sendall(b"\0")
+digest, left = hashlib.sha256(), size
+while left > 0:
+    chunk = chan.recv(min(left, 65536))
+    digest.update(chunk)
+    left -= len(chunk)
+assert chan.recv(1) == b"\0"
+chan.sendall(b"\0")
+print(size, digest.hexdigest(), chan.recv_exit_status())
+t.close()
+"#,
+        &[
+            &server.port.to_string(),
+            key("id_ed25519").to_str().unwrap(),
+        ],
+    );
+    let expected = {
+        let output = Command::new("sha256sum")
+            .arg(home.join("data.bin"))
+            .output()
+            .unwrap();
+        text(&output.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        text(&output.stdout).trim(),
+        format!("5000000 {expected} 0"),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
+#[test]
 fn sftp_subsystem_serves() {
     let server = TestServer::start();
     let home = server.home("alice");
