@@ -56,6 +56,8 @@ folder, name = 'Grüße', 'ünï €.txt'
 assert f.voidcmd(f'MKD {folder}').startswith('257 ')
 f.storbinary(f'STOR {folder}/{name}', io.BytesIO(b'0123456789'))
 assert f.nlst(folder) == [name], f.nlst(folder)
+assert f.nlst('-a') == [folder], 'NLST with an ls option lists the working folder'
+assert f.nlst('missing') == [], 'NLST of a missing path lists nothing'
 listing = []
 f.retrlines(f'LIST {folder}', listing.append)
 assert len(listing) == 1, listing
@@ -552,4 +554,60 @@ fn shutdown_closes_open_sessions() {
     let mut rest = String::new();
     let _ = control.read_to_string(&mut rest);
     assert!(rest.starts_with("421 "), "{rest:?}");
+}
+
+const READ_ONLY: &str = r#"
+import ftplib, io, sys
+port, home = int(sys.argv[1]), sys.argv[3]
+f = ftplib.FTP()
+f.connect('127.0.0.1', port, timeout=20)
+f.login('reader', 'readerpw')
+received = io.BytesIO()
+f.retrbinary('RETR public.txt', received.write)
+assert received.getvalue() == b'read me'
+assert f.nlst() == ['public.txt']
+for command in ['STOR new.txt', 'APPE public.txt']:
+    try:
+        f.storbinary(command, io.BytesIO(b'x'))
+        raise AssertionError(command + ' allowed')
+    except ftplib.error_perm as error:
+        assert str(error).startswith('550'), (command, error)
+for command in ['DELE public.txt', 'MKD folder', 'RNFR public.txt']:
+    try:
+        f.sendcmd(command)
+        if command.startswith('RNFR'):
+            f.sendcmd('RNTO moved.txt')
+        raise AssertionError(command + ' allowed')
+    except ftplib.error_perm as error:
+        assert str(error).startswith('550'), (command, error)
+assert open(f'{home}/public.txt', 'rb').read() == b'read me'
+f.quit()
+print('ok')
+"#;
+
+#[test]
+fn permissions_deny_writes() {
+    let server = ftp_only()
+        .user(&format!(
+            "username = \"reader\"\npassword = \"{}\"\nhome_dir = \"home/reader\"\n\
+             permissions = {{ \"/\" = [\"list\", \"download\"] }}",
+            password_hash("readerpw")
+        ))
+        .start();
+    let home = server.home("reader");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(home.join("public.txt"), "read me").unwrap();
+    let args = [
+        server.ftp_port().to_string(),
+        String::new(),
+        home.display().to_string(),
+    ];
+    let output = python(READ_ONLY, &args);
+    assert_success(&output, "python ftplib script");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "ok");
+    let names: Vec<String> = std::fs::read_dir(&home)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["public.txt"]);
 }

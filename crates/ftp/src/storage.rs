@@ -163,10 +163,17 @@ impl VfsStorage {
     /// Lists for LIST, NLST and MLSD. libunftp has sent 150 before it requests the listing,
     /// and a 550 after a 150 makes clients such as rclone report a failed transfer rather
     /// than a missing folder, so a missing path lists as empty.
+    ///
+    /// libunftp strips `ls` options such as `-la` from LIST only. A missing last component
+    /// that starts with `-` is taken for such an option, and its folder is listed.
     async fn data_listing(&self, path: &Path) -> Result<Vec<Fileinfo<PathBuf, FileMetadata>>> {
         self.check_data_tls()?;
         let (vfs, dir) = self.resolve(path)?;
         if let Err(VfsError::NotFound) = vfs.metadata(&dir).await {
+            if dir.file_name().is_some_and(|name| name.starts_with('-')) {
+                let parent = PathBuf::from(dir.parent().as_str());
+                return self.entries(&parent).await;
+            }
             debug!(path = %dir, "listing of a missing path sent as empty");
             return Ok(Vec::new());
         }
