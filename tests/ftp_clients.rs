@@ -372,3 +372,40 @@ fn rclone_copies_into_new_folder() {
         );
     }
 }
+
+#[test]
+fn lftp_ftps_uploads_with_small_buffers() {
+    let certificate = TestCertificate::new();
+    let server = start_tls_required(&certificate);
+    let local = server.root().join("f43k.bin");
+    write_random_file(&local, 43_277);
+    let settings = format!(
+        "set ftp:ssl-force true; set ftp:ssl-protect-data true; set ssl:ca-file {}; \
+         set ssl:check-hostname no; set net:socket-buffer 4096",
+        certificate.cert.display()
+    );
+    // Each round uploads and downloads again on a new data connection.
+    let rounds: Vec<String> = (0..10)
+        .map(|i| {
+            format!(
+                "put {} -o u{i}.bin; get u{i}.bin -o {}/d{i}.bin",
+                local.display(),
+                server.root().display()
+            )
+        })
+        .collect();
+    let output = lftp(server.ftp_port(), &settings, &rounds.join("; "));
+    assert_success(&output, "lftp FTPS uploads");
+    for i in 0..10 {
+        assert_eq!(
+            sha256(&server.home("alice").join(format!("u{i}.bin"))),
+            sha256(&local),
+            "upload {i}"
+        );
+        assert_eq!(
+            sha256(&server.root().join(format!("d{i}.bin"))),
+            sha256(&local),
+            "download {i}"
+        );
+    }
+}

@@ -437,6 +437,17 @@ except ssl.SSLError as error:
 conn.close()
 print(f.voidresp()[:3])
 assert open(f'{home}/up.bin', 'rb').read() == b'z' * 300_000
+
+# A TLS data stream that ends without close_notify may be cut short, so it is not stored.
+conn = f.transfercmd('STOR up.bin')
+conn.sendall(b'y' * 300_000)
+conn.close()
+try:
+    f.voidresp()
+    raise AssertionError('an upload without close_notify was stored')
+except ftplib.error_temp as error:
+    assert str(error).startswith('426'), error
+assert open(f'{home}/up.bin', 'rb').read() == b'z' * 300_000
 f.quit()
 "#;
 

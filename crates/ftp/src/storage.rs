@@ -4,7 +4,9 @@
 //! directory, so they may still contain `.` and `..`; [`VPath`] normalizes them inside the
 //! home directory. Uploads go through [`Vfs::open_write`] and are committed only when the
 //! whole stream arrived and the client neither sent a command (ABOR) nor went away
-//! meanwhile, so in atomic mode an interrupted upload never replaces a file.
+//! meanwhile, so in atomic mode an interrupted upload never replaces a file. Over TLS the
+//! stream must end with the client's close_notify; a bare TCP close may have cut it short,
+//! so such an upload is discarded like any other interrupted one.
 
 use std::fmt::{self, Write as _};
 use std::io;
