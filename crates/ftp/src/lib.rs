@@ -18,8 +18,9 @@
 //! - libunftp holds the session during a transfer, so commands wait until it ends. Ferry
 //!   therefore aborts a transfer when the client sends anything on the control connection
 //!   meanwhile, which makes ABOR work but also ends a transfer on `STAT` or `NOOP`.
-//! - A command sent as TCP urgent data (Python's ftplib sends ABOR so) is read only up to
-//!   the urgent mark, and answered when the client sends more.
+//! - A command sent as TCP urgent data (Python's ftplib sends ABOR so) is answered only
+//!   when the client sends more, because the kernel ends a read at the urgent mark and
+//!   tokio then waits for new input before it reads again.
 //! - On an upload over TLS the client's close_notify gets no close_notify back, so clients
 //!   that wait for it (Python's `FTP_TLS.storbinary`) report an error after the file was
 //!   stored. A failed TLS handshake on a data connection panics libunftp's data task, and
