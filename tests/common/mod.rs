@@ -280,7 +280,7 @@ impl TestServer {
                 "--log-format",
                 if setup.human_logs { "human" } else { "json" },
                 "--log-level",
-                "info,ferry=debug,ferry_ssh=debug,ferry_ftp=debug,ferry_dav=debug",
+                "info,libunftp=warn,ferry=debug,ferry_ssh=debug,ferry_ftp=debug,ferry_dav=debug",
             ])
             .arg("serve")
             .arg("--config")

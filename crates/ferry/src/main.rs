@@ -15,8 +15,9 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "ferry", version, about)]
 struct Cli {
-    /// Log filter in the RUST_LOG syntax, such as "info" or "info,ferry_ssh=debug".
-    #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
+    /// Log filter in the RUST_LOG syntax, such as "info" or "info,ferry_ssh=debug". The
+    /// default keeps libunftp, which logs every FTP command at info, at warn.
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "info,libunftp=warn")]
     log_level: String,
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "human")]
