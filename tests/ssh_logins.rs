@@ -206,7 +206,7 @@ fn ssh_login_timeout_and_max_tries() {
         started.elapsed()
     );
 
-    // OpenSSH asks three times; the server closes the connection after the second failure.
+    // OpenSSH prompts three times; the server closes the connection after the second failure.
     let mut tries = Command::new("ssh");
     tries
         .args(ssh_options(server.ssh_port()))
