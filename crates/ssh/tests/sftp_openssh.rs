@@ -1,8 +1,10 @@
 //! OpenSSH's `sftp` and `scp` against the SFTP server without SSH: `sftp -D` and `scp -S`
 //! start the `sftp_stdio` example, which serves a temporary home on stdin and stdout.
 //!
-//! `cargo test` builds the example next to the test binaries. Each test runs the client in
-//! batch mode, checks its exit status and output, and then the files on disk.
+//! `cargo test` builds the example next to the test binaries, but a run limited with
+//! `--test` does not rebuild it: run `cargo build -p ferry-ssh --example sftp_stdio` first.
+//! Each test runs the client in batch mode, checks its exit status and output, and then the
+//! files on disk.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

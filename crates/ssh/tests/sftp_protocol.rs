@@ -856,6 +856,33 @@ async fn open_mode_applies_to_new_file() {
 }
 
 #[tokio::test]
+async fn replaced_file_keeps_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut client = Client::ready().await;
+    std::fs::write(client.file("secret.txt"), b"old").unwrap();
+    std::fs::set_permissions(
+        client.file("secret.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let id = client.id();
+    let body = Body::new(OPEN, id)
+        .string("/secret.txt")
+        .u32(WRITE_FLAG | CREAT_FLAG | TRUNC_FLAG)
+        .u32(ATTR_PERMISSIONS)
+        .u32(0o644);
+    let handle = client.call(body).await.handle();
+    client.write(&handle, 0, b"new").await;
+    assert_eq!(client.close(&handle).await.code(), FX_OK);
+    let mode = std::fs::metadata(client.file("secret.txt"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(std::fs::read(client.file("secret.txt")).unwrap(), b"new");
+}
+
+#[tokio::test]
 async fn mkdir_and_statvfs() {
     let mut client = Client::ready().await;
     let id = client.id();

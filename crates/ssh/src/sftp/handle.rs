@@ -49,9 +49,10 @@ pub struct WriterHandle {
 /// names does not exist yet, so these wait for CLOSE.
 #[derive(Debug, Default)]
 pub struct Deferred {
-    /// The permissions of a new file, from OPEN. Skipped silently if the user may not chmod,
-    /// as a create mode is not a separate request.
-    pub create_mode: Option<u32>,
+    /// The permissions of the file that the upload replaces, or those that OPEN requested for
+    /// a new file. Skipped silently if the user may not chmod, as the client did not request
+    /// a change of mode.
+    pub publish_mode: Option<u32>,
     /// Permissions from FSETSTAT.
     pub mode: Option<u32>,
     /// Access and modification times from FSETSTAT.

@@ -140,22 +140,24 @@ pub async fn open(
         truncate: flags & open_flags::TRUNC != 0,
         append: flags & open_flags::APPEND != 0,
     };
-    // A requested mode only matters for a new file that would not get that mode anyway.
-    // Checking whether the file exists costs a stat, so it happens only in that case.
-    let mut create_mode = attrs
-        .permissions
-        .map(|mode| mode & 0o777 & !UMASK)
-        .filter(|mode| create && *mode != VFS_FILE_MODE);
-    if create_mode.is_some() && vfs.metadata(path).await.is_ok() {
-        create_mode = None;
+    // A replaced file keeps its permissions, as with an open(2) that truncates, and a new
+    // file gets the requested ones. Either way a mode other than the one the file is
+    // created with is set once the upload is published.
+    // NOTE: Vfs writes an atomic upload to a new 0644 file, even when it replaces a file with
+    // other permissions, so they are restored here.
+    let publish_mode = match vfs.metadata(path).await {
+        Ok(existing) if existing.is_file() => Some(existing.permissions()),
+        _ if create => attrs.permissions.map(|mode| mode & 0o777 & !UMASK),
+        _ => None,
     }
+    .filter(|mode| *mode != VFS_FILE_MODE);
     let writer = vfs.open_write(path, options).await?;
     let handle = WriterHandle {
         writer,
         readable: flags & open_flags::READ != 0,
         append: options.append,
         deferred: Mutex::new(Deferred {
-            create_mode,
+            publish_mode,
             ..Deferred::default()
         }),
     };
@@ -195,10 +197,10 @@ pub async fn close(id: u32, vfs: &Vfs, handle: Arc<Handle>) -> OpResult {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             writer.writer.commit().await?;
             tracing::info!(%path, size_bytes = transferred, elapsed_ms, "upload finished");
-            if let Some(mode) = deferred.create_mode
+            if let Some(mode) = deferred.publish_mode
                 && let Err(error) = vfs.set_mode(&path, mode).await
             {
-                tracing::debug!(%path, %error, "mode of the new file left as created");
+                tracing::debug!(%path, %error, "mode of the uploaded file left as created");
             }
             if let Some(mode) = deferred.mode {
                 vfs.set_mode(&path, mode).await?;
