@@ -7,7 +7,7 @@
 //! offered, because [`Vfs`] cannot make them.
 //!
 //! Requests run concurrently. Requests on the same handle keep their order where they
-//! overlap, and their replies go out in arrival order; other replies go out as their
+//! overlap, and their replies go out in arrival order. Other replies go out as their
 //! requests finish, which the protocol allows (see `order`). Layout: `packet` is the wire format without I/O, `session` the loop that reads,
 //! dispatches and writes, `ops` the operations, `handle` the open handles and `longname` the
 //! `ls -l` lines of directory listings.

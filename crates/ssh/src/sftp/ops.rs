@@ -1,8 +1,8 @@
 //! The operations behind each request, on the user's [`Vfs`].
 //!
 //! Each function returns the response to send, or a [`Failure`] that becomes an
-//! SSH_FXP_STATUS. Ordering against other requests is the session's concern; by the time a
-//! function here runs, every earlier conflicting request has finished.
+//! SSH_FXP_STATUS. The session orders requests, so by the time a function here runs, every
+//! earlier conflicting request has finished.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -175,8 +175,8 @@ pub async fn opendir(vfs: &Vfs, path: &VPath) -> Result<Handle, Failure> {
     ))
 }
 
-/// Closes a handle. Closing an upload publishes it, then applies the attributes that
-/// OPEN and FSETSTAT asked for. The caller holds the only reference by then.
+/// Closes a handle. Closing an upload publishes it, then applies the mode and times that
+/// OPEN and FSETSTAT requested. The caller must hold the only reference by then.
 pub async fn close(id: u32, vfs: &Vfs, handle: Arc<Handle>) -> OpResult {
     let handle = Arc::try_unwrap(handle)
         .map_err(|_| Failure::generic("handle is still in use by another request"))?;

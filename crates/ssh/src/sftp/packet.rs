@@ -388,8 +388,8 @@ impl Request {
 /// handle length.
 pub const WRITE_PREFIX_LEN: usize = 9;
 
-/// The longest handle a WRITE may carry for [`write_header_len`]: ours have four bytes, and
-/// the draft caps handles at 256.
+/// The maximum handle length of a WRITE for [`write_header_len`]. Our handles have four
+/// bytes, and the draft caps handles at 256.
 const MAX_HANDLE_LEN: usize = 256;
 
 /// Returns the length of a WRITE body's header (everything before the data) from its first

@@ -5,7 +5,7 @@
 //! process rather than in the SSH channel. russh stops reading the socket when a channel's
 //! inbound queue is full, and would then miss the window adjustments that our replies wait
 //! for. The queued bytes are capped by [`QUEUE_BUDGET`]. The dispatcher starts at most
-//! [`MAX_IN_FLIGHT`] requests at a time; a request keeps its slot until its reply has been
+//! [`MAX_IN_FLIGHT`] requests at a time. A request keeps its slot until its reply has been
 //! written, which bounds the memory that READ replies can take. The writer packs every reply
 //! that is ready into one buffer and writes it at once, so small replies share channel
 //! packets; only the payload of a large DATA reply is written from its own buffer.
