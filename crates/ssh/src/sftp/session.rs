@@ -39,6 +39,10 @@ use super::{
 /// larger bodies bypass it.
 const READ_BUFFER: usize = 32 * 1024;
 
+/// The share of the queue budget that the smallest packet takes: an estimate of what a
+/// queued request costs besides its body.
+const MIN_FRAME_CHARGE: u32 = 256;
+
 /// The writer sends what it has once this many bytes are waiting, even if more replies are
 /// ready.
 const WRITE_BUFFER: usize = 128 * 1024;
@@ -218,7 +222,10 @@ where
             max: MAX_PACKET_LEN,
         });
     }
-    let Ok(permit) = Arc::clone(budget).acquire_many_owned(len).await else {
+    // Tiny packets are charged more than their length, because a queued request costs
+    // memory beyond its bytes, so a flood of them cannot grow the queue without bound.
+    let charge = len.max(MIN_FRAME_CHARGE);
+    let Ok(permit) = Arc::clone(budget).acquire_many_owned(charge).await else {
         return Ok(None);
     };
     let len = len as usize;
