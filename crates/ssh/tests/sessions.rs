@@ -236,6 +236,41 @@ fn scp_several_files_need_directory() {
 }
 
 #[test]
+fn scp_with_curl_libssh2() {
+    let server = TestServer::start();
+    let home = server.home("alice");
+    let local = tempfile::tempdir().unwrap();
+    let file = local.path().join("up.txt");
+    std::fs::write(&file, "sent by curl\n").unwrap();
+    let curl = |args: &[&str]| {
+        let mut command = Command::new("curl");
+        command
+            .args(["-sS", "--insecure", "-u", "alice:", "--key"])
+            .arg(key("id_ed25519"))
+            .arg("--pubkey")
+            .arg(key("id_ed25519.pub"))
+            .args(args);
+        run(command, CLIENT_TIMEOUT)
+    };
+    let base = format!("scp://127.0.0.1:{}/~", server.port);
+
+    let up = curl(&[
+        "-T",
+        file.to_str().unwrap(),
+        &format!("{base}/from%20curl.txt"),
+    ]);
+    assert!(up.status.success(), "{}", text(&up.stderr));
+    assert_eq!(
+        std::fs::read(home.join("from curl.txt")).unwrap(),
+        b"sent by curl\n"
+    );
+
+    let down = curl(&[&format!("{base}/from%20curl.txt")]);
+    assert!(down.status.success(), "{}", text(&down.stderr));
+    assert_eq!(down.stdout, b"sent by curl\n");
+}
+
+#[test]
 fn scp_wildcard_download() {
     let server = TestServer::start();
     let home = server.home("alice");

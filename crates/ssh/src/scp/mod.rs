@@ -148,14 +148,22 @@ where
 
     /// Reads the peer's response: `\0`, or a warning or fatal message line.
     pub(crate) async fn read_response(&mut self) -> Result<Response, Stop> {
+        match self.read_response_or_end().await? {
+            Some(response) => Ok(response),
+            None => Err(Stop::Protocol(
+                "input ended while waiting for a response".into(),
+            )),
+        }
+    }
+
+    /// Reads the peer's response, or returns `None` when its input ended instead.
+    pub(crate) async fn read_response_or_end(&mut self) -> Result<Option<Response>, Stop> {
         let mut byte = [0u8; 1];
         if self.reader.read(&mut byte).await? == 0 {
-            return Err(Stop::Protocol(
-                "input ended while waiting for a response".into(),
-            ));
+            return Ok(None);
         }
         match byte[0] {
-            protocol::OK => Ok(Response::Ok),
+            protocol::OK => Ok(Some(Response::Ok)),
             kind @ (protocol::WARNING | protocol::FATAL) => {
                 let message = self
                     .read_line()
@@ -167,7 +175,7 @@ where
                 } else {
                     debug!(message, "peer reported a failure");
                     self.errors += 1;
-                    Ok(Response::Warning(message))
+                    Ok(Some(Response::Warning(message)))
                 }
             }
             other => Err(Stop::Protocol(format!(

@@ -188,7 +188,9 @@ where
     io.send_ok().await?;
 
     let write_error = copy_data(io, &writer, size).await?;
-    let response = io.read_response().await?;
+    // libssh2, which curl and many language bindings use, closes its side after the data
+    // instead of sending `\0`; the data is complete by then, so that counts as success.
+    let response = io.read_response_or_end().await?.unwrap_or(Response::Ok);
     if let Some(error) = write_error {
         return io.warn(&format!("{path}: {}", describe(&error))).await;
     }
