@@ -175,11 +175,8 @@ fn scp_sftp_mode_round_trip() {
     );
     assert_eq!(sha256(&server.home("alice").join("s.bin")), sha256(&local));
     assert_eq!(sha256(&back), sha256(&local));
-    // NOTE: the SSH layer closes an SFTP channel without an exit status, so ssh reports -1
-    // and scp exits with 1 although both transfers completed. Once the channel sends
-    // exit-status 0, these must assert success.
-    assert_eq!(upload.status.code(), Some(1), "{upload:?}");
-    assert_eq!(download.status.code(), Some(1), "{download:?}");
+    assert_eq!(upload.status.code(), Some(0), "{upload:?}");
+    assert_eq!(download.status.code(), Some(0), "{download:?}");
 }
 
 /// paramiko with a 128 KiB window and 32 KiB packets, as FileZilla and sshj use; the

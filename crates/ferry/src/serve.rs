@@ -46,14 +46,18 @@ async fn serve(validated: config::Validated) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut services = JoinSet::new();
     let mut started = Vec::new();
+    let proxy_allowed: Vec<_> = config
+        .common
+        .proxy_allowed
+        .iter()
+        .filter_map(|s| ferry_hooks::parse_net(s))
+        .collect();
     if !config.sftpd.bindings.is_empty() {
-        let server = ferry_ssh::Server::bind(
-            config.sftpd.clone(),
-            logins.clone(),
-            &config.common.state_dir,
-        )
-        .await
-        .context("cannot start the SSH service")?;
+        let mut sftpd = config.sftpd.clone();
+        sftpd.proxy_allowed = proxy_allowed.clone();
+        let server = ferry_ssh::Server::bind(sftpd, logins.clone(), &config.common.state_dir)
+            .await
+            .context("cannot start the SSH service")?;
         services.spawn(server.serve(shutdown.clone(), grace));
         started.push("SSH");
     }

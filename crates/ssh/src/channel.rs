@@ -5,14 +5,23 @@
 //! stall the connection. The handler answers each request with success or failure; this
 //! task does the work.
 
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
 use russh::server::Msg;
-use russh::{Channel, ChannelMsg};
+use russh::{Channel, ChannelMsg, ChannelWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::io::StreamReader;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::scp;
 
-/// Exit status sent when a request is rejected.
+/// Exit status sent when a request is rejected or a session ended with an error.
 const REFUSED_STATUS: u32 = 1;
 
 /// What a session channel was asked to run.
@@ -84,13 +93,20 @@ pub(crate) async fn run(
     match program {
         Program::Sftp => {
             info!(channel = id, "SFTP session started");
-            let stream = channel.into_stream();
+            let (stream, write_half) = sftp_stream(channel);
             // The SFTP module logs how its session ended.
-            tokio::select! {
-                _ = crate::sftp::serve(stream, vfs, connection_id) => {}
-                () = cutoff.cancelled() => {}
-            }
+            let ended = tokio::select! {
+                result = crate::sftp::serve(stream, vfs, connection_id) => Some(result.is_ok()),
+                () = cutoff.cancelled() => None,
+            };
             debug!(channel = id, "SFTP session ended");
+            // Clients such as scp report failure when a subsystem ends without an exit status.
+            if let Some(clean) = ended {
+                let status = if clean { 0 } else { REFUSED_STATUS };
+                let _ = write_half.exit_status(status).await;
+                let _ = write_half.eof().await;
+                let _ = write_half.close().await;
+            }
         }
         Program::Scp(command) => {
             info!(channel = id, command = %command, "SCP started");
@@ -103,6 +119,88 @@ pub(crate) async fn run(
             info!(channel = id, reason = %message, "request rejected");
             reject(channel, &message).await;
         }
+    }
+}
+
+/// Turns a channel into an owned byte stream for the SFTP session, keeping the write half so
+/// that the exit status can follow when the session ends. (`Channel::into_stream` closes the
+/// channel when the stream is dropped, before an exit status could be sent.)
+fn sftp_stream(
+    channel: Channel<Msg>,
+) -> (
+    impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    Arc<ChannelWriteHalf<Msg>>,
+) {
+    let (read_half, write_half) = channel.split();
+    let incoming = futures::stream::unfold(read_half, |mut half| async move {
+        loop {
+            match half.wait().await {
+                Some(ChannelMsg::Data { data }) => {
+                    return Some((Ok::<Bytes, io::Error>(data), half));
+                }
+                Some(ChannelMsg::Eof | ChannelMsg::Close) | None => return None,
+                Some(_) => {}
+            }
+        }
+    });
+    let write_half = Arc::new(write_half);
+    let writer = ChannelWriter {
+        half: Arc::clone(&write_half),
+        pending: None,
+    };
+    (
+        tokio::io::join(StreamReader::new(Box::pin(incoming)), writer),
+        write_half,
+    )
+}
+
+type SendFuture = Pin<Box<dyn Future<Output = Result<usize, russh::Error>> + Send>>;
+
+/// Channel data as `AsyncWrite`, over a shared write half. (russh's own writer borrows the
+/// write half, so it cannot outlive it alongside the exit status.)
+struct ChannelWriter {
+    half: Arc<ChannelWriteHalf<Msg>>,
+    /// A send in progress, which resolves to the number of bytes it took.
+    pending: Option<SendFuture>,
+}
+
+impl AsyncWrite for ChannelWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        // A write that returned Pending is retried with the same bytes, which the pending send
+        // already holds.
+        let this = &mut *self;
+        let pending = this.pending.get_or_insert_with(|| {
+            let half = Arc::clone(&this.half);
+            let data = Bytes::copy_from_slice(buf);
+            let len = data.len();
+            Box::pin(async move { half.data_bytes(data).await.map(|()| len) })
+        });
+        let result = ready!(pending.as_mut().poll(cx));
+        self.pending = None;
+        Poll::Ready(result.map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e)))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.pending.as_mut() {
+            Some(pending) => {
+                let result = ready!(pending.as_mut().poll(cx));
+                self.pending = None;
+                Poll::Ready(
+                    result
+                        .map(|_| ())
+                        .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e)),
+                )
+            }
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_flush(cx)
     }
 }
 
