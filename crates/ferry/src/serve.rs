@@ -62,7 +62,9 @@ async fn serve(validated: config::Validated) -> anyhow::Result<()> {
         started.push("SSH");
     }
     if !config.ftpd.bindings.is_empty() {
-        let server = ferry_ftp::Server::bind(config.ftpd.clone(), logins.clone())
+        let mut ftpd = config.ftpd.clone();
+        ftpd.proxy_allowed = proxy_allowed.clone();
+        let server = ferry_ftp::Server::bind(ftpd, logins.clone())
             .await
             .context("cannot start the FTP service")?;
         services.spawn(server.serve(shutdown.clone(), grace));

@@ -18,12 +18,25 @@ pub struct Binding {
     /// connection.
     #[serde(default)]
     pub tls_mode: u8,
+    /// PROXY protocol (HAProxy version 1 or 2) on this control listener. 0: none, the TCP
+    /// peer is the client. 1: a header from an address in `proxy_allowed` gives the client
+    /// address when one is sent. 2: every connection must carry a header from an allowed
+    /// proxy. A header from any other address closes the connection. Data connections never
+    /// carry a header.
+    #[serde(default)]
+    pub proxy_protocol: u8,
 }
 
 impl Binding {
     /// Returns whether this binding requires TLS on the control and data connections.
     pub fn tls_required(&self) -> bool {
         self.tls_mode == 1
+    }
+
+    /// Returns the PROXY protocol mode; an invalid setting is rejected by validation first.
+    pub fn proxy_mode(&self) -> ferry_hooks::ProxyMode {
+        ferry_hooks::ProxyMode::from_setting(self.proxy_protocol)
+            .unwrap_or(ferry_hooks::ProxyMode::Required)
     }
 }
 
@@ -56,6 +69,10 @@ pub struct Config {
     pub idle_timeout: u64,
     /// Seconds from connect to a successful login before the server closes the connection.
     pub login_timeout: u64,
+    /// Proxies whose PROXY protocol headers are believed. This is not a key of `[ftpd]`: the
+    /// caller sets it, normally from `common.proxy_allowed`, before [`crate::Server::bind`].
+    #[serde(skip)]
+    pub proxy_allowed: Vec<ipnet::IpNet>,
 }
 
 impl Default for Config {
@@ -65,6 +82,7 @@ impl Default for Config {
                 address: "127.0.0.1".into(),
                 port: 2121,
                 tls_mode: 0,
+                proxy_protocol: 0,
             }],
             passive_port_range: PortRange {
                 start: 50000,
@@ -75,6 +93,7 @@ impl Default for Config {
             certificate_key_file: PathBuf::new(),
             idle_timeout: 300,
             login_timeout: 60,
+            proxy_allowed: Vec::new(),
         }
     }
 }
@@ -101,6 +120,13 @@ impl Config {
                 errors.push(format!(
                     "{section}.bindings[{i}].address = {:?}: expected an IPv4 or IPv6 address",
                     binding.address
+                ));
+            }
+            if ferry_hooks::ProxyMode::from_setting(binding.proxy_protocol).is_none() {
+                errors.push(format!(
+                    "{section}.bindings[{i}].proxy_protocol = {}: expected 0 (off), 1 (optional) \
+                     or 2 (required)",
+                    binding.proxy_protocol
                 ));
             }
             match binding.tls_mode {
@@ -272,6 +298,18 @@ mod tests {
         assert_eq!(errors.len(), 1);
         assert!(
             errors[0].starts_with("ftpd.bindings[0].tls_mode = 1: requires ftpd.certificate_file"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_proxy_protocol_rejected() {
+        let mut config = Config::default();
+        config.bindings[0].proxy_protocol = 3;
+        let errors = errors(&config);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("ftpd.bindings[0].proxy_protocol = 3"),
             "{errors:?}"
         );
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ferry_hooks::{Protocol, canonical_ip, new_connection_id};
+use ferry_hooks::{Protocol, canonical_ip, new_connection_id, read_client_address};
 use ferry_users::Session;
 use ferry_vfs::Vfs;
 use futures::FutureExt;
@@ -192,14 +192,31 @@ impl ControlWatch {
 
 /// Serves one accepted control connection inside its `connection` span.
 pub(crate) async fn run(
-    stream: TcpStream,
-    peer: SocketAddr,
+    mut stream: TcpStream,
+    tcp_peer: SocketAddr,
     shared: Arc<Shared>,
     listener: Arc<Listener>,
     force_close: CancellationToken,
 ) {
-    let ip = canonical_ip(peer.ip());
     let id = new_connection_id(Protocol::Ftp);
+    let proxy_allowed = &shared.config.proxy_allowed;
+    let peer = match read_client_address(&mut stream, tcp_peer, listener.proxy_mode, proxy_allowed)
+        .await
+    {
+        Ok(peer) => peer,
+        Err(error) => {
+            info!(
+                protocol = "FTP",
+                ip = %canonical_ip(tcp_peer.ip()),
+                port = tcp_peer.port(),
+                connection_id = %id,
+                %error,
+                "connection closed before the greeting"
+            );
+            return;
+        }
+    };
+    let ip = canonical_ip(peer.ip());
     let span = info_span!(
         "connection",
         protocol = "FTP",

@@ -94,6 +94,7 @@ pub(crate) struct Shared {
 pub(crate) struct Listener {
     pub(crate) address: SocketAddr,
     pub(crate) tls_required: bool,
+    pub(crate) proxy_mode: ferry_hooks::ProxyMode,
 }
 
 /// The FTP service: bound listeners, ready to serve.
@@ -142,6 +143,7 @@ impl Server {
                 Arc::new(Listener {
                     address,
                     tls_required: binding.tls_required(),
+                    proxy_mode: binding.proxy_mode(),
                 }),
             ));
         }
