@@ -39,6 +39,15 @@ struct UserEntry {
     denied_ip: Vec<String>,
     #[serde(default)]
     denied_protocols: Vec<String>,
+    // TOML integers are signed, so negative values are read here and rejected with the key.
+    #[serde(default)]
+    quota_size: i64,
+    #[serde(default)]
+    quota_files: i64,
+    #[serde(default)]
+    upload_bandwidth: i64,
+    #[serde(default)]
+    download_bandwidth: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,6 +76,14 @@ pub struct User {
     pub allowed_ip: Vec<IpNet>,
     pub denied_ip: Vec<IpNet>,
     pub denied_protocols: Vec<Protocol>,
+    /// Bytes the user's files may take in the home; 0 means unlimited.
+    pub quota_size: u64,
+    /// Regular files the home may contain; 0 means unlimited.
+    pub quota_files: u64,
+    /// KiB per second written to files, over all sessions; 0 means unlimited.
+    pub upload_bandwidth: u64,
+    /// KiB per second read from files, over all sessions; 0 means unlimited.
+    pub download_bandwidth: u64,
 }
 
 impl User {
@@ -96,6 +113,11 @@ impl User {
 
     pub fn has_public_key(&self, blob: &[u8]) -> bool {
         self.public_keys.iter().any(|key| key.blob == blob)
+    }
+
+    /// Returns whether the user has a quota of bytes or of files.
+    pub fn has_quota(&self) -> bool {
+        self.quota_size > 0 || self.quota_files > 0
     }
 
     pub(crate) fn ip_allowed(&self, ip: IpAddr) -> bool {
@@ -268,6 +290,20 @@ fn validate(
         }
     }
 
+    let mut limit = |field: &str, value: i64, unit: &str| -> u64 {
+        u64::try_from(value).unwrap_or_else(|_| {
+            errors.push(format!(
+                "{} = {value}: must be 0 (unlimited) or a positive number of {unit}",
+                key(field)
+            ));
+            0
+        })
+    };
+    let quota_size = limit("quota_size", entry.quota_size, "bytes");
+    let quota_files = limit("quota_files", entry.quota_files, "files");
+    let upload_bandwidth = limit("upload_bandwidth", entry.upload_bandwidth, "KiB/s");
+    let download_bandwidth = limit("download_bandwidth", entry.download_bandwidth, "KiB/s");
+
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -284,6 +320,10 @@ fn validate(
         allowed_ip,
         denied_ip,
         denied_protocols,
+        quota_size,
+        quota_files,
+        upload_bandwidth,
+        download_bandwidth,
     })
 }
 

@@ -6,6 +6,10 @@
 //! [`UserStore::authorize`] applies the account rules (disabled, expired, client address,
 //! protocol, login method) and [`UserStore::open_session`] the session limit. Callers tell
 //! the client only that the login failed and log the [`Denied`] reason for the operator.
+//!
+//! While a user has sessions open, the store keeps the user's quota usage and bandwidth
+//! buckets, so that every session of the user, over every protocol, shares them. They are
+//! dropped with the last session, and the next session computes the quota usage again.
 
 mod file;
 mod keys;
@@ -18,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use ferry_hooks::{LoginMethod, Protocol};
+use ferry_vfs::{Limits, Quota, RateLimit};
 
 pub use file::{User, parse_net};
 pub use keys::AuthorizedKey;
@@ -70,7 +75,7 @@ pub struct LoginContext {
 pub struct UserStore {
     path: PathBuf,
     users: RwLock<Arc<HashMap<String, Arc<User>>>>,
-    sessions: Arc<Mutex<HashMap<String, u32>>>,
+    sessions: Arc<Mutex<HashMap<String, Sessions>>>,
     /// A real hash, checked when the user name is unknown so that the reply takes as long
     /// as for a known user and does not reveal which names exist.
     decoy: StoredPassword,
@@ -173,18 +178,80 @@ impl UserStore {
     }
 
     /// Counts a new session of `user`, refusing it beyond `max_sessions`. The session ends
-    /// when the returned guard is dropped.
+    /// when the returned guard is dropped. The guard carries the user's quota and bandwidth
+    /// limits, shared with the user's other open sessions and updated to the user's current
+    /// values.
     pub fn open_session(&self, user: &User) -> Result<SessionGuard, Denied> {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        let count = sessions.entry(user.username.clone()).or_insert(0);
-        if user.max_sessions > 0 && *count >= user.max_sessions {
+        let state = sessions.entry(user.username.clone()).or_default();
+        if user.max_sessions > 0 && state.count >= user.max_sessions {
             return Err(Denied::TooManySessions);
         }
-        *count += 1;
+        state.count += 1;
         Ok(SessionGuard {
             sessions: Arc::clone(&self.sessions),
             username: user.username.clone(),
+            limits: state.limits_for(user),
         })
+    }
+
+    /// Returns the bytes and files counted against `username`'s quota, while the user has a
+    /// session open and a quota.
+    pub fn quota_usage(&self, username: &str) -> Option<ferry_vfs::QuotaUsage> {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions
+            .get(username)?
+            .limits
+            .quota
+            .as_ref()
+            .map(|q| q.usage())
+    }
+}
+
+/// The open sessions of one user and the limits they share.
+#[derive(Debug, Default)]
+struct Sessions {
+    count: u32,
+    limits: Limits,
+}
+
+impl Sessions {
+    /// Returns the shared limits with `user`'s current values, creating those that are new
+    /// and keeping the usage and buckets of those that already exist.
+    fn limits_for(&mut self, user: &User) -> Limits {
+        let limits = &mut self.limits;
+        if user.has_quota() {
+            match &limits.quota {
+                Some(quota) => quota.set_limits(user.quota_size, user.quota_files),
+                None => {
+                    limits.quota = Some(Arc::new(Quota::new(user.quota_size, user.quota_files)));
+                }
+            }
+        }
+        update_rate(&mut limits.upload, user.upload_bandwidth);
+        update_rate(&mut limits.download, user.download_bandwidth);
+        // A limit that the user no longer has stays shared with the sessions that use it, but
+        // new sessions go without it.
+        Limits {
+            quota: limits.quota.clone().filter(|_| user.has_quota()),
+            upload: limits.upload.clone().filter(|_| user.upload_bandwidth > 0),
+            download: limits
+                .download
+                .clone()
+                .filter(|_| user.download_bandwidth > 0),
+        }
+    }
+}
+
+/// Sets a shared bucket to `kib_per_second`, creating it when missing; 0 leaves it alone.
+fn update_rate(bucket: &mut Option<Arc<RateLimit>>, kib_per_second: u64) {
+    if kib_per_second == 0 {
+        return;
+    }
+    let bytes_per_second = kib_per_second.saturating_mul(1024);
+    match bucket {
+        Some(limit) => limit.set_bytes_per_second(bytes_per_second),
+        None => *bucket = Some(Arc::new(RateLimit::new(bytes_per_second))),
     }
 }
 
@@ -218,16 +285,25 @@ fn read_users(path: &Path) -> Result<HashMap<String, Arc<User>>, Error> {
 /// A counted session; dropping it ends the session.
 #[derive(Debug)]
 pub struct SessionGuard {
-    sessions: Arc<Mutex<HashMap<String, u32>>>,
+    sessions: Arc<Mutex<HashMap<String, Sessions>>>,
     username: String,
+    limits: Limits,
+}
+
+impl SessionGuard {
+    /// Returns the quota and bandwidth limits of the session's user, which all of the user's
+    /// sessions share.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
 }
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = sessions.get_mut(&self.username) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
+        if let Some(state) = sessions.get_mut(&self.username) {
+            state.count = state.count.saturating_sub(1);
+            if state.count == 0 {
                 sessions.remove(&self.username);
             }
         }

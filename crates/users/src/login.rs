@@ -52,7 +52,9 @@ impl Logins {
     }
 
     /// Applies the account rules to a verified user, counts the session and opens the home
-    /// directory (creating it when missing). Reports no event; see [`Logins::report`].
+    /// directory (creating it when missing) with the user's quota and bandwidth limits. The
+    /// first session of a user with a quota computes the quota usage first. Reports no
+    /// event; see [`Logins::report`].
     pub async fn open_session(
         &self,
         user: Arc<User>,
@@ -60,15 +62,20 @@ impl Logins {
     ) -> Result<Session, LoginError> {
         self.store.authorize(&user, context)?;
         let guard = self.store.open_session(&user)?;
-        let vfs = Vfs::open(&user.home_dir, user.permissions.clone(), self.upload_mode)
-            .await
-            .map_err(|error| {
-                tracing::error!(
-                    user = %user.username, home = %user.home_dir.display(), %error,
-                    "cannot open home directory"
-                );
-                LoginError::Home(error)
-            })?;
+        let vfs = Vfs::open_with_limits(
+            &user.home_dir,
+            user.permissions.clone(),
+            self.upload_mode,
+            guard.limits().clone(),
+        )
+        .await
+        .map_err(|error| {
+            tracing::error!(
+                user = %user.username, home = %user.home_dir.display(), %error,
+                "cannot open home directory"
+            );
+            LoginError::Home(error)
+        })?;
         Ok(Session {
             user,
             vfs,

@@ -169,3 +169,124 @@ fn public_key_matched_by_blob() {
     assert!(store.verify_public_key("b", &blob).is_none());
     assert!(store.verify_public_key("a", &blob[..10]).is_none());
 }
+
+#[test]
+fn limits_default_to_unlimited() {
+    let (_dir, store) = store("[[users]]\nusername = \"a\"\nhome_dir = \"h\"\n");
+    let user = store.unwrap().get("a").unwrap();
+    assert_eq!(user.quota_size, 0);
+    assert_eq!(user.quota_files, 0);
+    assert_eq!(user.upload_bandwidth, 0);
+    assert_eq!(user.download_bandwidth, 0);
+    assert!(!user.has_quota());
+}
+
+#[test]
+fn negative_limits_rejected_with_key_and_value() {
+    let (_dir, store) = store(
+        "[[users]]\nusername = \"a\"\nhome_dir = \"h\"\nquota_size = -1\nquota_files = -2\n\
+         upload_bandwidth = -3\ndownload_bandwidth = -4\n",
+    );
+    let Err(Error::Invalid { problems, .. }) = store else {
+        panic!("expected an invalid file")
+    };
+    let text = problems.join("\n");
+    for (field, value) in [
+        ("quota_size", -1),
+        ("quota_files", -2),
+        ("upload_bandwidth", -3),
+        ("download_bandwidth", -4),
+    ] {
+        assert!(
+            text.contains(&format!("users[0] (\"a\").{field} = {value}:")),
+            "{field} missing in:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn limit_of_wrong_type_rejected() {
+    let (_dir, store) =
+        store("[[users]]\nusername = \"a\"\nhome_dir = \"h\"\nquota_size = \"10GB\"\n");
+    assert!(store.unwrap_err().to_string().contains("quota_size"));
+}
+
+#[test]
+fn sessions_share_limits() {
+    let (_dir, store) = store(
+        "[[users]]\nusername = \"a\"\nhome_dir = \"h\"\nquota_size = 1000\n\
+         upload_bandwidth = 2\ndownload_bandwidth = 3\n\
+         [[users]]\nusername = \"b\"\nhome_dir = \"g\"\n",
+    );
+    let store = store.unwrap();
+    let user = store.get("a").unwrap();
+    let first = store.open_session(&user).unwrap();
+    let second = store.open_session(&user).unwrap();
+    let (one, two) = (first.limits(), second.limits());
+    assert!(Arc::ptr_eq(
+        one.quota.as_ref().unwrap(),
+        two.quota.as_ref().unwrap()
+    ));
+    assert!(Arc::ptr_eq(
+        one.upload.as_ref().unwrap(),
+        two.upload.as_ref().unwrap()
+    ));
+    assert_eq!(one.upload.as_ref().unwrap().bytes_per_second(), 2048);
+    assert_eq!(one.download.as_ref().unwrap().bytes_per_second(), 3072);
+    let unlimited = store.open_session(&store.get("b").unwrap()).unwrap();
+    assert!(unlimited.limits().quota.is_none());
+    assert!(unlimited.limits().upload.is_none());
+    assert!(unlimited.limits().download.is_none());
+}
+
+#[test]
+fn limits_dropped_with_last_session() {
+    let (_dir, store) = store("[[users]]\nusername = \"a\"\nhome_dir = \"h\"\nquota_files = 5\n");
+    let store = store.unwrap();
+    let user = store.get("a").unwrap();
+    let first = store.open_session(&user).unwrap();
+    let quota = Arc::clone(first.limits().quota.as_ref().unwrap());
+    assert!(store.quota_usage("a").is_some());
+    drop(first);
+    assert!(store.quota_usage("a").is_none());
+    let again = store.open_session(&user).unwrap();
+    assert!(!Arc::ptr_eq(&quota, again.limits().quota.as_ref().unwrap()));
+}
+
+#[test]
+fn reload_updates_shared_limits() {
+    let (dir, store) = store("[[users]]\nusername = \"a\"\nhome_dir = \"h\"\nquota_size = 100\n");
+    let store = store.unwrap();
+    let first = store.open_session(&store.get("a").unwrap()).unwrap();
+    std::fs::write(
+        dir.path().join("users.toml"),
+        "[[users]]\nusername = \"a\"\nhome_dir = \"h\"\nquota_size = 500\nupload_bandwidth = 1\n",
+    )
+    .unwrap();
+    store.reload().unwrap();
+    let second = store.open_session(&store.get("a").unwrap()).unwrap();
+    let quota = first.limits().quota.as_ref().unwrap();
+    assert_eq!(quota.limits(), (500, 0));
+    assert!(second.limits().upload.is_some());
+}
+
+#[tokio::test]
+async fn login_opens_vfs_with_quota_usage() {
+    let (dir, store) = store("[[users]]\nusername = \"a\"\nhome_dir = \"h\"\nquota_size = 100\n");
+    std::fs::create_dir_all(dir.path().join("h")).unwrap();
+    std::fs::write(dir.path().join("h/f"), vec![0; 40]).unwrap();
+    let store = Arc::new(store.unwrap());
+    let hooks = ferry_hooks::Hooks::new(
+        ferry_hooks::HooksConfig::default(),
+        &ferry_hooks::HttpClientConfig::default(),
+    )
+    .unwrap();
+    let logins = Logins::new(Arc::clone(&store), hooks, ferry_vfs::UploadMode::Atomic);
+    let session = logins
+        .open_session(store.get("a").unwrap(), &context(LoginMethod::Password))
+        .await
+        .unwrap();
+    let usage = session.vfs.limits().quota.as_ref().unwrap().usage();
+    assert_eq!(usage.bytes, 40);
+    assert_eq!(usage.files, 1);
+}

@@ -21,6 +21,9 @@ pub enum VfsError {
     InvalidPath(String),
     #[error("no space left on the device")]
     StorageFull,
+    /// The operation would take the user past their `quota_size` or `quota_files`.
+    #[error("quota exceeded")]
+    QuotaExceeded,
     #[error("operation not supported: {0}")]
     Unsupported(&'static str),
     #[error("i/o error: {0}")]
@@ -30,6 +33,14 @@ pub enum VfsError {
 impl From<io::Error> for VfsError {
     fn from(error: io::Error) -> Self {
         use io::ErrorKind as K;
+        // The file streams report an exceeded quota as an io::Error that carries this variant.
+        if error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<VfsError>())
+            .is_some_and(|inner| matches!(inner, VfsError::QuotaExceeded))
+        {
+            return VfsError::QuotaExceeded;
+        }
         match error.kind() {
             K::NotFound => VfsError::NotFound,
             // cap-std reports a path that leads outside the home as PermissionDenied.
@@ -54,6 +65,12 @@ fn libc_eloop() -> i32 {
 }
 
 impl VfsError {
+    /// Wraps the quota error in an `io::Error` for the tokio file streams; converting it back
+    /// with `VfsError::from` restores [`VfsError::QuotaExceeded`].
+    pub(crate) fn quota_io_error() -> io::Error {
+        io::Error::new(io::ErrorKind::QuotaExceeded, VfsError::QuotaExceeded)
+    }
+
     /// Returns whether the error is the client's doing (a bad path, a missing file, a denied
     /// operation) rather than a local failure that an operator may need to look at.
     pub fn is_client_error(&self) -> bool {

@@ -1,4 +1,5 @@
-//! Open files: readers, and writers that publish an upload only when it completes.
+//! Open files: readers, and writers that publish an upload only when it completes. Both apply
+//! the user's bandwidth limits, and writers reserve quota before each write.
 
 use std::fs::File;
 use std::io;
@@ -7,6 +8,9 @@ use std::sync::Arc;
 
 use cap_std::fs::Dir;
 
+use crate::bandwidth::RateLimit;
+use crate::quota::{Charge, file_size};
+use crate::stream::FileStream;
 use crate::{Metadata, VPath, VfsError, blocking};
 
 /// A file opened for reading. Reads are positional, so one reader serves requests at any
@@ -15,13 +19,15 @@ use crate::{Metadata, VPath, VfsError, blocking};
 pub struct FileReader {
     file: Arc<File>,
     path: VPath,
+    download: Option<Arc<RateLimit>>,
 }
 
 impl FileReader {
-    pub(crate) fn new(file: File, path: VPath) -> FileReader {
+    pub(crate) fn new(file: File, path: VPath, download: Option<Arc<RateLimit>>) -> FileReader {
         FileReader {
             file: Arc::new(file),
             path,
+            download,
         }
     }
 
@@ -30,9 +36,14 @@ impl FileReader {
     }
 
     /// Reads up to `len` bytes at `offset`; a short or empty result means the end of the file.
+    /// Under a download limit it returns once the bytes read may pass.
     pub async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, VfsError> {
         let file = Arc::clone(&self.file);
-        blocking(move || read_at(&file, offset, len)).await
+        let data = blocking(move || read_at(&file, offset, len)).await?;
+        if let Some(limit) = &self.download {
+            limit.acquire(data.len() as u64).await;
+        }
+        Ok(data)
     }
 
     pub async fn metadata(&self) -> Result<Metadata, VfsError> {
@@ -40,15 +51,16 @@ impl FileReader {
         blocking(move || file.metadata().map(|m| Metadata::from_std(&m))).await
     }
 
-    /// Returns a tokio file positioned at `offset`, for protocols that stream.
-    pub async fn into_stream(self, offset: u64) -> Result<tokio::fs::File, VfsError> {
+    /// Returns a tokio stream positioned at `offset`, for protocols that stream. It reads
+    /// under the user's download limit.
+    pub async fn into_stream(self, offset: u64) -> Result<FileStream, VfsError> {
         let file = self.file.try_clone()?;
         let mut file = tokio::fs::File::from_std(file);
         if offset > 0 {
             use tokio::io::AsyncSeekExt;
             file.seek(io::SeekFrom::Start(offset)).await?;
         }
-        Ok(file)
+        Ok(FileStream::new(file).read_limit(self.download))
     }
 }
 
@@ -92,15 +104,34 @@ pub struct FileWriter {
     path: VPath,
     staging: Staging,
     committed: bool,
+    /// Every write goes to the end of the file.
+    append: bool,
+    limits: WriterLimits,
+}
+
+/// The user's quota and bandwidth limits that a writer applies.
+#[derive(Default)]
+pub(crate) struct WriterLimits {
+    pub(crate) charge: Option<Arc<Charge>>,
+    pub(crate) upload: Option<Arc<RateLimit>>,
+    pub(crate) download: Option<Arc<RateLimit>>,
 }
 
 impl FileWriter {
-    pub(crate) fn new(file: File, path: VPath, staging: Staging) -> FileWriter {
+    pub(crate) fn new(
+        file: File,
+        path: VPath,
+        staging: Staging,
+        append: bool,
+        limits: WriterLimits,
+    ) -> FileWriter {
         FileWriter {
             file: Arc::new(file),
             path,
             staging,
             committed: false,
+            append,
+            limits,
         }
     }
 
@@ -109,8 +140,20 @@ impl FileWriter {
     }
 
     /// Writes all of `data` at `offset`. When the file was opened in append mode the offset
-    /// is ignored and the data goes to the end.
+    /// is ignored and the data goes to the end. Fails with [`VfsError::QuotaExceeded`] when
+    /// the file would grow past the user's quota, and waits for the upload limit first.
     pub async fn write_at(&self, offset: u64, data: Vec<u8>) -> Result<(), VfsError> {
+        let len = data.len() as u64;
+        if let Some(charge) = &self.limits.charge {
+            if self.append {
+                charge.append(len)?;
+            } else {
+                charge.write_until(offset.saturating_add(len))?;
+            }
+        }
+        if let Some(limit) = &self.limits.upload {
+            limit.acquire(len).await;
+        }
         let file = Arc::clone(&self.file);
         blocking(move || file.write_all_at(&data, offset)).await
     }
@@ -118,7 +161,11 @@ impl FileWriter {
     /// Reads from the file being written, for handles opened for both reading and writing.
     pub async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, VfsError> {
         let file = Arc::clone(&self.file);
-        blocking(move || read_at(&file, offset, len)).await
+        let data = blocking(move || read_at(&file, offset, len)).await?;
+        if let Some(limit) = &self.limits.download {
+            limit.acquire(data.len() as u64).await;
+        }
+        Ok(data)
     }
 
     pub async fn metadata(&self) -> Result<Metadata, VfsError> {
@@ -126,7 +173,11 @@ impl FileWriter {
         blocking(move || file.metadata().map(|m| Metadata::from_std(&m))).await
     }
 
+    /// Truncates or extends the file; an extension counts against the user's quota.
     pub async fn set_len(&self, len: u64) -> Result<(), VfsError> {
+        if let Some(charge) = &self.limits.charge {
+            charge.set_len(len)?;
+        }
         let file = Arc::clone(&self.file);
         blocking(move || file.set_len(len)).await
     }
@@ -137,16 +188,31 @@ impl FileWriter {
         blocking(move || file.sync_data()).await
     }
 
-    /// Returns a tokio handle to the same open file, for protocols that stream. Data written
-    /// through it is published by [`commit`](FileWriter::commit) like any other.
-    pub fn stream(&self) -> Result<tokio::fs::File, VfsError> {
-        Ok(tokio::fs::File::from_std(self.file.try_clone()?))
+    /// Returns a tokio stream over the same open file, for protocols that stream. Data
+    /// written through it is published by [`commit`](FileWriter::commit) like any other, and
+    /// it applies the user's upload limit and quota like [`write_at`](FileWriter::write_at).
+    pub fn stream(&self) -> Result<FileStream, VfsError> {
+        let std_file = self.file.try_clone()?;
+        let position = match &self.limits.charge {
+            None => 0,
+            Some(charge) if self.append => charge.size(),
+            Some(_) => {
+                use std::io::Seek;
+                (&std_file).stream_position()?
+            }
+        };
+        Ok(FileStream::new(tokio::fs::File::from_std(std_file))
+            .read_limit(self.limits.download.clone())
+            .write_limit(self.limits.upload.clone())
+            .charge(self.limits.charge.clone(), position))
     }
 
     /// Publishes the upload: renames the temporary file over the target in atomic mode.
     pub async fn commit(mut self) -> Result<(), VfsError> {
         self.committed = true;
         let staging = std::mem::replace(&mut self.staging, Staging::InPlace);
+        let charge = self.limits.charge.take();
+        let file = Arc::clone(&self.file);
         let Staging::Temporary {
             parent,
             temp_name,
@@ -154,9 +220,14 @@ impl FileWriter {
             exclusive,
         } = staging
         else {
+            if let Some(charge) = charge {
+                let size = blocking(move || file_size(&file)).await;
+                charge.finish(Some(size.unwrap_or_else(|_| charge.size())));
+            }
             return Ok(());
         };
         blocking(move || {
+            let size = charge.as_ref().map(|_| file_size(&file));
             let result = if exclusive {
                 rustix::fs::renameat_with(
                     &parent,
@@ -171,6 +242,13 @@ impl FileWriter {
             };
             if result.is_err() {
                 let _ = parent.remove_file(&temp_name);
+            }
+            if let Some(charge) = charge {
+                match (&result, size) {
+                    (Ok(()), Some(Ok(size))) => charge.finish(Some(size)),
+                    (Ok(()), _) => charge.finish(Some(charge.size())),
+                    (Err(_), _) => charge.finish(None),
+                }
             }
             result
         })
@@ -200,6 +278,16 @@ impl Drop for FileWriter {
     fn drop(&mut self) {
         if self.committed {
             return;
+        }
+        if let Some(charge) = self.limits.charge.take() {
+            // A file written in place keeps what was written; a temporary one is discarded.
+            match self.staging {
+                Staging::InPlace => {
+                    let size = file_size(&self.file).unwrap_or_else(|_| charge.size());
+                    charge.finish(Some(size));
+                }
+                Staging::Temporary { .. } => charge.finish(None),
+            }
         }
         if let Staging::Temporary {
             parent, temp_name, ..

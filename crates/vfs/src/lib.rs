@@ -6,13 +6,20 @@
 //! follow a symlink or `..` out of the home at the system call level, including symlinks
 //! created outside Ferry. Every operation checks the user's [`Permissions`] first.
 //!
+//! A [`Vfs`] opened with [`Limits`] also enforces the user's [`Quota`] and bandwidth
+//! [`RateLimit`]s, which are shared by all sessions of that user; without limits no quota or
+//! rate is tracked at all.
+//!
 //! File I/O is blocking; every operation runs on tokio's blocking pool.
 
+mod bandwidth;
 mod error;
 mod file;
 mod metadata;
 mod path;
 mod perms;
+mod quota;
+mod stream;
 
 use std::fs::File;
 use std::io;
@@ -23,13 +30,16 @@ use std::time::SystemTime;
 use cap_fs_ext::{DirExt, SystemTimeSpec};
 use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
 
+pub use bandwidth::RateLimit;
 pub use error::VfsError;
 pub use file::{FileReader, FileWriter};
 pub use metadata::{DirEntry, FileKind, FsStats, Metadata};
 pub use path::VPath;
 pub use perms::{Permission, PermissionSet, Permissions};
+pub use quota::{Quota, QuotaUsage};
+pub use stream::FileStream;
 
-use file::Staging;
+use file::{Staging, WriterLimits};
 
 /// File names with this prefix are uploads in progress; they are hidden from listings and
 /// cannot be named by clients.
@@ -79,6 +89,17 @@ impl WriteOptions {
     }
 }
 
+/// The quota and bandwidth limits of one user. Every session of the user shares the same
+/// [`Arc`]s, so the limits hold over all of them; `None` means unlimited.
+#[derive(Clone, Debug, Default)]
+pub struct Limits {
+    pub quota: Option<Arc<Quota>>,
+    /// Limits the bytes written to files.
+    pub upload: Option<Arc<RateLimit>>,
+    /// Limits the bytes read from files.
+    pub download: Option<Arc<RateLimit>>,
+}
+
 /// A user's jailed view of the file tree; cheap to clone.
 #[derive(Clone)]
 pub struct Vfs {
@@ -90,6 +111,7 @@ struct Inner {
     home: PathBuf,
     permissions: Permissions,
     upload_mode: UploadMode,
+    limits: Limits,
 }
 
 /// Runs blocking file work on tokio's blocking pool.
@@ -111,6 +133,18 @@ impl Vfs {
         permissions: Permissions,
         upload_mode: UploadMode,
     ) -> Result<Vfs, VfsError> {
+        Vfs::open_with_limits(home, permissions, upload_mode, Limits::default()).await
+    }
+
+    /// Opens the home directory like [`Vfs::open`] and applies `limits`. The first view
+    /// opened with a quota computes the quota usage by walking the home. Later views with the
+    /// same quota wait for that walk and then share its result.
+    pub async fn open_with_limits(
+        home: &Path,
+        permissions: Permissions,
+        upload_mode: UploadMode,
+        limits: Limits,
+    ) -> Result<Vfs, VfsError> {
         let home = home.to_path_buf();
         let path = home.clone();
         let root = blocking(move || {
@@ -125,12 +159,16 @@ impl Vfs {
             Dir::open_ambient_dir(&path, cap_std::ambient_authority())
         })
         .await?;
+        if let Some(quota) = &limits.quota {
+            quota.scan_once(&root, home.clone()).await?;
+        }
         Ok(Vfs {
             inner: Arc::new(Inner {
                 root,
                 home,
                 permissions,
                 upload_mode,
+                limits,
             }),
         })
     }
@@ -142,6 +180,15 @@ impl Vfs {
 
     pub fn permissions(&self) -> &Permissions {
         &self.inner.permissions
+    }
+
+    /// Returns the quota and bandwidth limits that this view applies.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    fn quota(&self) -> Option<&Arc<Quota>> {
+        self.inner.limits.quota.as_ref()
     }
 
     /// Checks a permission and that the path does not name an upload in progress.
@@ -211,12 +258,13 @@ impl Vfs {
         self.check(path, Permission::Download)?;
         let rel = path.to_relative();
         let vpath = path.clone();
+        let download = self.inner.limits.download.clone();
         self.run(move |root| {
             let file = root.open(&rel)?.into_std();
             if file.metadata()?.is_dir() {
                 return Err(io::Error::from(io::ErrorKind::IsADirectory));
             }
-            Ok(FileReader::new(file, vpath))
+            Ok(FileReader::new(file, vpath, download))
         })
         .await
     }
@@ -224,6 +272,10 @@ impl Vfs {
     /// Opens a file for writing. New files need the `upload` permission and existing ones
     /// `overwrite`. In atomic mode the writer works on a temporary copy (with the current
     /// content when `truncate` is off, so resumed uploads continue where they stopped).
+    ///
+    /// Under a quota, a new file needs a free file slot, and some bytes must be left once an
+    /// overwrite with `truncate` has freed the replaced file. Otherwise this fails with
+    /// [`VfsError::QuotaExceeded`].
     pub async fn open_write(
         &self,
         path: &VPath,
@@ -246,6 +298,20 @@ impl Vfs {
             Permission::Upload
         };
         self.check(path, needed)?;
+        let charge = match self.quota() {
+            Some(quota) => {
+                let existing_size = existing.as_ref().map(|meta| meta.size);
+                Some(Arc::new(
+                    quota.begin_upload(existing_size, options.truncate)?,
+                ))
+            }
+            None => None,
+        };
+        let limits = WriterLimits {
+            charge,
+            upload: self.inner.limits.upload.clone(),
+            download: self.inner.limits.download.clone(),
+        };
 
         let parent_rel = path.parent().to_relative();
         let vpath = path.clone();
@@ -266,7 +332,13 @@ impl Vfs {
                         open.append(true);
                     }
                     let file = parent.open_with(&name, &open)?.into_std();
-                    Ok(FileWriter::new(file, vpath, Staging::InPlace))
+                    Ok(FileWriter::new(
+                        file,
+                        vpath,
+                        Staging::InPlace,
+                        options.append,
+                        limits,
+                    ))
                 }
                 UploadMode::Atomic => {
                     let (temp_name, file) = create_temp(&parent, options.append)?;
@@ -284,7 +356,13 @@ impl Vfs {
                         target_name: name,
                         exclusive: options.exclusive,
                     };
-                    Ok(FileWriter::new(file, vpath, staging))
+                    Ok(FileWriter::new(
+                        file,
+                        vpath,
+                        staging,
+                        options.append,
+                        limits,
+                    ))
                 }
             }
         })
@@ -315,7 +393,13 @@ impl Vfs {
         }
         let rel = path.to_relative();
         self.run(move |root| root.remove_file_or_symlink(&rel))
-            .await
+            .await?;
+        if let Some(quota) = self.quota()
+            && meta.is_file()
+        {
+            quota.release(meta.size, 1);
+        }
+        Ok(())
     }
 
     /// Removes an empty directory.
@@ -348,6 +432,14 @@ impl Vfs {
                 "cannot move a directory into itself".into(),
             ));
         }
+        // A regular file that the rename replaces leaves the quota usage.
+        let replaced = match self.quota() {
+            Some(_) if replace && to != from => match self.symlink_metadata(to).await {
+                Ok(meta) if meta.is_file() => Some(meta.size),
+                _ => None,
+            },
+            _ => None,
+        };
         let (from_rel, to_rel) = (from.to_relative(), to.to_relative());
         self.run(move |root| {
             if replace {
@@ -367,22 +459,51 @@ impl Vfs {
                 .map_err(io::Error::from)
             }
         })
-        .await
+        .await?;
+        if let (Some(quota), Some(size)) = (self.quota(), replaced) {
+            quota.release(size, 1);
+        }
+        Ok(())
     }
 
     /// Copies a regular file. Needs `download` on the source and `upload` (or `overwrite`
-    /// when the target exists) on the target.
+    /// when the target exists) on the target. Under a quota the copy must fit, counting the
+    /// space of a file it replaces as free.
     pub async fn copy_file(&self, from: &VPath, to: &VPath) -> Result<(), VfsError> {
         self.check(from, Permission::Download)?;
-        let needed = match self.metadata(to).await {
-            Ok(_) => Permission::Overwrite,
-            Err(VfsError::NotFound) => Permission::Upload,
+        let target = match self.metadata(to).await {
+            Ok(meta) => Some(meta),
+            Err(VfsError::NotFound) => None,
             Err(e) => return Err(e),
         };
+        let needed = if target.is_some() {
+            Permission::Overwrite
+        } else {
+            Permission::Upload
+        };
         self.check(to, needed)?;
+        // (bytes, files) reserved for the copy, and the bytes of the file it replaces.
+        let reserved = match self.quota() {
+            Some(quota) => {
+                let size = self.metadata(from).await?.size;
+                let replaced = target.as_ref().filter(|m| m.is_file()).map(|m| m.size);
+                let files = u64::from(target.is_none());
+                quota.reserve(size, files, replaced.unwrap_or(0))?;
+                Some((size, files, replaced.unwrap_or(0)))
+            }
+            None => None,
+        };
         let (from_rel, to_rel) = (from.to_relative(), to.to_relative());
-        self.run(move |root| root.copy(&from_rel, root, &to_rel).map(|_| ()))
-            .await
+        let result = self
+            .run(move |root| root.copy(&from_rel, root, &to_rel).map(|_| ()))
+            .await;
+        if let (Some(quota), Some((size, files, replaced))) = (self.quota(), reserved) {
+            match &result {
+                Ok(()) => quota.release(replaced, 0),
+                Err(_) => quota.release(size, files),
+            }
+        }
+        result
     }
 
     /// Sets the permission bits; set-user-id, set-group-id and sticky bits are dropped.
@@ -412,13 +533,35 @@ impl Vfs {
             .await
     }
 
-    /// Truncates or extends a file to `len` bytes.
+    /// Truncates or extends a file to `len` bytes. Under a quota an extension must fit.
     pub async fn set_len(&self, path: &VPath, len: u64) -> Result<(), VfsError> {
         self.check(path, Permission::Overwrite)?;
         let rel = path.to_relative();
+        let Some(quota) = self.quota().cloned() else {
+            return self
+                .run(move |root| {
+                    let file = root.open_with(&rel, OpenOptions::new().write(true))?;
+                    file.set_len(len)
+                })
+                .await;
+        };
+        // The size is read from the opened file, so the change counted is the one made.
         self.run(move |root| {
             let file = root.open_with(&rel, OpenOptions::new().write(true))?;
-            file.set_len(len)
+            let old = file.metadata()?.len();
+            if len > old {
+                quota
+                    .reserve(len - old, 0, 0)
+                    .map_err(|_| VfsError::quota_io_error())?;
+                if let Err(error) = file.set_len(len) {
+                    quota.release(len - old, 0);
+                    return Err(error);
+                }
+            } else {
+                file.set_len(len)?;
+                quota.release(old - len, 0);
+            }
+            Ok(())
         })
         .await
     }

@@ -304,3 +304,319 @@ async fn statvfs_reports_space() {
     assert!(stats.blocks > 0);
     assert!(stats.block_size > 0);
 }
+
+async fn quota_fixture(mode: UploadMode, max_bytes: u64, max_files: u64) -> (Fixture, Arc<Quota>) {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join("sub")).unwrap();
+    std::fs::write(home.join("a.txt"), vec![b'a'; 100]).unwrap();
+    std::fs::write(home.join("sub/b.txt"), vec![b'b'; 50]).unwrap();
+    let leftover = format!("{UPLOAD_TEMP_PREFIX}00000000000000ff");
+    std::fs::write(home.join(leftover), vec![0; 1000]).unwrap();
+    let quota = Arc::new(Quota::new(max_bytes, max_files));
+    let limits = Limits {
+        quota: Some(Arc::clone(&quota)),
+        ..Limits::default()
+    };
+    let vfs = Vfs::open_with_limits(&home, Permissions::default(), mode, limits)
+        .await
+        .unwrap();
+    let fixture = Fixture {
+        outside: dir.path().join("secret.txt"),
+        _dir: dir,
+        home,
+        vfs,
+    };
+    (fixture, quota)
+}
+
+fn usage(bytes: u64, files: u64) -> QuotaUsage {
+    QuotaUsage { bytes, files }
+}
+
+fn temp_files(home: &Path) -> Vec<String> {
+    std::fs::read_dir(home)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(UPLOAD_TEMP_PREFIX) && !n.ends_with("ff"))
+        .collect()
+}
+
+#[tokio::test]
+async fn quota_walk_skips_uploads_in_progress() {
+    let (_f, quota) = quota_fixture(UploadMode::Atomic, 1000, 10).await;
+    assert_eq!(quota.usage(), usage(150, 2));
+}
+
+#[tokio::test]
+async fn quota_walk_runs_once_per_quota() {
+    let (f, quota) = quota_fixture(UploadMode::Atomic, 1000, 10).await;
+    let limits = f.vfs.limits().clone();
+    Vfs::open_with_limits(&f.home, Permissions::default(), UploadMode::Atomic, limits)
+        .await
+        .unwrap();
+    assert_eq!(quota.usage(), usage(150, 2));
+}
+
+#[tokio::test]
+async fn quota_write_past_size_fails() {
+    let (f, quota) = quota_fixture(UploadMode::Atomic, 200, 10).await;
+    let w = f
+        .vfs
+        .open_write(&p("/new.txt"), WriteOptions::replace())
+        .await
+        .unwrap();
+    w.write_at(0, vec![1; 50]).await.unwrap();
+    let err = w.write_at(50, vec![1; 1]).await.unwrap_err();
+    assert!(matches!(err, VfsError::QuotaExceeded), "{err:?}");
+    drop(w);
+    assert!(!f.home.join("new.txt").exists());
+    assert!(temp_files(&f.home).is_empty());
+    assert_eq!(quota.usage(), usage(150, 2));
+}
+
+#[tokio::test]
+async fn quota_upload_counted_on_commit() {
+    let (f, quota) = quota_fixture(UploadMode::Atomic, 1000, 10).await;
+    let w = f
+        .vfs
+        .open_write(&p("/new.txt"), WriteOptions::replace())
+        .await
+        .unwrap();
+    w.write_at(0, vec![1; 30]).await.unwrap();
+    w.commit().await.unwrap();
+    assert_eq!(quota.usage(), usage(180, 3));
+}
+
+#[tokio::test]
+async fn quota_files_checked_at_open() {
+    let (f, quota) = quota_fixture(UploadMode::Atomic, 0, 2).await;
+    let err = f
+        .vfs
+        .open_write(&p("/third.txt"), WriteOptions::replace())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VfsError::QuotaExceeded), "{err:?}");
+    // Replacing an existing file needs no new slot.
+    let w = f
+        .vfs
+        .open_write(&p("/a.txt"), WriteOptions::replace())
+        .await
+        .unwrap();
+    w.write_at(0, vec![2; 10]).await.unwrap();
+    w.commit().await.unwrap();
+    assert_eq!(quota.usage(), usage(60, 2));
+}
+
+#[tokio::test]
+async fn quota_overwrite_reuses_replaced_space() {
+    let (f, quota) = quota_fixture(UploadMode::Atomic, 150, 10).await;
+    let err = f
+        .vfs
+        .open_write(&p("/new.txt"), WriteOptions::replace())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VfsError::QuotaExceeded), "{err:?}");
+    let w = f
+        .vfs
+        .open_write(&p("/a.txt"), WriteOptions::replace())
+        .await
+        .unwrap();
+    w.write_at(0, vec![3; 100]).await.unwrap();
+    let err = w.write_at(100, vec![3; 1]).await.unwrap_err();
+    assert!(matches!(err, VfsError::QuotaExceeded), "{err:?}");
+    w.commit().await.unwrap();
+    assert_eq!(quota.usage(), usage(150, 2));
+}
+
+#[tokio::test]
+async fn quota_failed_overwrite_keeps_old_file() {
+    let (f, quota) = quota_fixture(UploadMode::Atomic, 160, 10).await;
+    let w = f
+        .vfs
+        .open_write(&p("/a.txt"), WriteOptions::replace())
+        .await
+        .unwrap();
+    w.write_at(0, vec![4; 110]).await.unwrap();
+    let err = w.write_at(110, vec![4; 1]).await.unwrap_err();
+    assert!(matches!(err, VfsError::QuotaExceeded), "{err:?}");
+    drop(w);
+    assert_eq!(
+        std::fs::read(f.home.join("a.txt")).unwrap(),
+        vec![b'a'; 100]
+    );
+    assert!(temp_files(&f.home).is_empty());
+    assert_eq!(quota.usage(), usage(150, 2));
+}
+
+#[tokio::test]
+async fn quota_resume_and_append_counted() {
+    let (f, quota) = quota_fixture(UploadMode::Atomic, 1000, 10).await;
+    let w = f
+        .vfs
+        .open_write(&p("/a.txt"), WriteOptions::resume())
+        .await
+        .unwrap();
+    w.write_at(100, vec![5; 20]).await.unwrap();
+    w.commit().await.unwrap();
+    assert_eq!(quota.usage(), usage(170, 2));
+    let append = WriteOptions {
+        append: true,
+        ..WriteOptions::resume()
+    };
+    let w = f.vfs.open_write(&p("/a.txt"), append).await.unwrap();
+    w.write_at(0, vec![5; 5]).await.unwrap();
+    w.commit().await.unwrap();
+    assert_eq!(std::fs::metadata(f.home.join("a.txt")).unwrap().len(), 125);
+    assert_eq!(quota.usage(), usage(175, 2));
+}
+
+#[tokio::test]
+async fn quota_standard_mode_keeps_interrupted_upload() {
+    let (f, quota) = quota_fixture(UploadMode::Standard, 1000, 10).await;
+    let w = f
+        .vfs
+        .open_write(&p("/new.txt"), WriteOptions::replace())
+        .await
+        .unwrap();
+    w.write_at(0, vec![6; 40]).await.unwrap();
+    drop(w);
+    assert_eq!(quota.usage(), usage(190, 3));
+}
+
+#[tokio::test]
+async fn quota_delete_rename_copy_truncate() {
+    let (f, quota) = quota_fixture(UploadMode::Atomic, 1000, 10).await;
+    f.vfs.copy_file(&p("/a.txt"), &p("/c.txt")).await.unwrap();
+    assert_eq!(quota.usage(), usage(250, 3));
+    f.vfs
+        .copy_file(&p("/sub/b.txt"), &p("/c.txt"))
+        .await
+        .unwrap();
+    assert_eq!(quota.usage(), usage(200, 3));
+    f.vfs
+        .rename(&p("/sub/b.txt"), &p("/a.txt"), true)
+        .await
+        .unwrap();
+    assert_eq!(quota.usage(), usage(100, 2));
+    f.vfs.set_len(&p("/a.txt"), 80).await.unwrap();
+    assert_eq!(quota.usage(), usage(130, 2));
+    f.vfs.remove_file(&p("/c.txt")).await.unwrap();
+    assert_eq!(quota.usage(), usage(80, 1));
+}
+
+#[tokio::test]
+async fn quota_copy_and_extension_must_fit() {
+    let (f, quota) = quota_fixture(UploadMode::Atomic, 200, 10).await;
+    let err = f
+        .vfs
+        .copy_file(&p("/a.txt"), &p("/c.txt"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VfsError::QuotaExceeded), "{err:?}");
+    assert!(!f.home.join("c.txt").exists());
+    let err = f.vfs.set_len(&p("/a.txt"), 151).await.unwrap_err();
+    assert!(matches!(err, VfsError::QuotaExceeded), "{err:?}");
+    assert_eq!(std::fs::metadata(f.home.join("a.txt")).unwrap().len(), 100);
+    assert_eq!(quota.usage(), usage(150, 2));
+}
+
+#[tokio::test]
+async fn quota_stream_write_past_size_fails() {
+    use tokio::io::AsyncWriteExt;
+    let (f, quota) = quota_fixture(UploadMode::Atomic, 200, 10).await;
+    let w = f
+        .vfs
+        .open_write(&p("/s.txt"), WriteOptions::replace())
+        .await
+        .unwrap();
+    let mut stream = w.stream().unwrap();
+    stream.write_all(&[7; 50]).await.unwrap();
+    let error = stream.write_all(&[7; 1]).await.unwrap_err();
+    assert!(matches!(VfsError::from(error), VfsError::QuotaExceeded));
+    drop(stream);
+    drop(w);
+    assert_eq!(quota.usage(), usage(150, 2));
+}
+
+#[tokio::test]
+async fn quota_concurrent_uploads_share_limit() {
+    let (f, _quota) = quota_fixture(UploadMode::Atomic, 200, 10).await;
+    let first = f
+        .vfs
+        .open_write(&p("/one"), WriteOptions::replace())
+        .await
+        .unwrap();
+    let second = f
+        .vfs
+        .open_write(&p("/two"), WriteOptions::replace())
+        .await
+        .unwrap();
+    first.write_at(0, vec![8; 30]).await.unwrap();
+    let err = second.write_at(0, vec![8; 30]).await.unwrap_err();
+    assert!(matches!(err, VfsError::QuotaExceeded), "{err:?}");
+}
+
+#[tokio::test]
+async fn unlimited_view_tracks_nothing() {
+    let f = fixture(UploadMode::Atomic).await;
+    assert!(f.vfs.limits().quota.is_none());
+    assert!(f.vfs.limits().upload.is_none());
+    assert!(f.vfs.limits().download.is_none());
+}
+
+#[tokio::test]
+async fn download_stream_waits_for_limit() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(home.join("big"), vec![9; 100_000]).unwrap();
+    let limits = Limits {
+        download: Some(Arc::new(RateLimit::new(200_000))),
+        ..Limits::default()
+    };
+    let vfs = Vfs::open_with_limits(&home, Permissions::default(), UploadMode::Atomic, limits)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut stream = vfs
+        .open_read(&p("/big"))
+        .await
+        .unwrap()
+        .into_stream(0)
+        .await
+        .unwrap();
+    let mut data = Vec::new();
+    stream.read_to_end(&mut data).await.unwrap();
+    assert_eq!(data.len(), 100_000);
+    // 100 kB at 200 kB/s, less the 50 kB burst: at least 0.25 s.
+    assert!(started.elapsed() >= std::time::Duration::from_millis(200));
+}
+
+#[tokio::test]
+async fn upload_write_waits_for_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        upload: Some(Arc::new(RateLimit::new(200_000))),
+        ..Limits::default()
+    };
+    let vfs = Vfs::open_with_limits(
+        &dir.path().join("h"),
+        Permissions::default(),
+        UploadMode::Atomic,
+        limits,
+    )
+    .await
+    .unwrap();
+    let w = vfs
+        .open_write(&p("/up"), WriteOptions::replace())
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    for i in 0..10u64 {
+        w.write_at(i * 10_000, vec![1; 10_000]).await.unwrap();
+    }
+    assert!(started.elapsed() >= std::time::Duration::from_millis(200));
+    w.commit().await.unwrap();
+}
