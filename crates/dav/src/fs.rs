@@ -53,7 +53,7 @@ pub(crate) fn fs_error(error: VfsError) -> FsError {
             FsError::Forbidden
         }
         VfsError::AlreadyExists | VfsError::DirectoryNotEmpty => FsError::Exists,
-        VfsError::StorageFull => FsError::InsufficientStorage,
+        VfsError::StorageFull | VfsError::QuotaExceeded => FsError::InsufficientStorage,
         VfsError::Unsupported(_) => FsError::NotImplemented,
         error => {
             tracing::warn!(%error, "file operation failed");

@@ -593,7 +593,8 @@ fn transfer_error(error: io::Error) -> Error {
 }
 
 /// Maps a file error to the FTP reply libunftp sends for its kind: 550 for a missing or
-/// denied file, 553 for an invalid name, 552 when the disk is full, 451 for a local failure.
+/// denied file, 553 for an invalid name, 552 when the disk is full or the user's quota is
+/// exceeded, 451 for a local failure.
 pub(crate) fn storage_error(error: VfsError, path: &Path) -> Error {
     let kind = match &error {
         VfsError::NotFound | VfsError::AlreadyExists | VfsError::IsADirectory => {
@@ -603,7 +604,9 @@ pub(crate) fn storage_error(error: VfsError, path: &Path) -> Error {
         VfsError::NotADirectory => ErrorKind::PermanentDirectoryNotAvailable,
         VfsError::DirectoryNotEmpty => ErrorKind::PermanentDirectoryNotEmpty,
         VfsError::InvalidPath(_) => ErrorKind::FileNameNotAllowedError,
-        VfsError::StorageFull => ErrorKind::ExceededStorageAllocationError,
+        VfsError::StorageFull | VfsError::QuotaExceeded => {
+            ErrorKind::ExceededStorageAllocationError
+        }
         VfsError::Unsupported(_) => ErrorKind::CommandNotImplemented,
         _ => ErrorKind::LocalError,
     };
@@ -630,6 +633,7 @@ mod tests {
             (VfsError::NotADirectory, "550"),
             (VfsError::InvalidPath("x".into()), "553"),
             (VfsError::StorageFull, "552"),
+            (VfsError::QuotaExceeded, "552"),
             (VfsError::Unsupported("x"), "502"),
             (VfsError::Io(io::Error::other("disk")), "451"),
         ];

@@ -205,6 +205,7 @@ pub(crate) fn describe(error: &VfsError) -> String {
         VfsError::IsADirectory => "Is a directory".into(),
         VfsError::DirectoryNotEmpty => "Directory not empty".into(),
         VfsError::StorageFull => "No space left on device".into(),
+        VfsError::QuotaExceeded => "Disk quota exceeded".into(),
         other => other.to_string(),
     }
 }

@@ -60,6 +60,8 @@ impl From<VfsError> for Failure {
             VfsError::NotFound | VfsError::NotADirectory => StatusCode::NoSuchFile,
             VfsError::PermissionDenied => StatusCode::PermissionDenied,
             VfsError::Unsupported(_) => StatusCode::OpUnsupported,
+            // SFTP v3 has no status code for quotas, so the message carries "quota exceeded".
+            VfsError::QuotaExceeded => StatusCode::Failure,
             _ => StatusCode::Failure,
         };
         Failure {
@@ -543,6 +545,7 @@ mod tests {
             (VfsError::DirectoryNotEmpty, StatusCode::Failure),
             (VfsError::Unsupported("x"), StatusCode::OpUnsupported),
             (VfsError::StorageFull, StatusCode::Failure),
+            (VfsError::QuotaExceeded, StatusCode::Failure),
         ];
         for (error, code) in cases {
             let text = error.to_string();
