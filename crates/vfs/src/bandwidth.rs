@@ -72,18 +72,45 @@ impl RateLimit {
         }
     }
 
-    /// Takes `bytes` from the bucket and waits until they may pass.
+    /// Puts back bytes that were taken but did not pass, such as the unused part of a read.
+    pub fn refund(&self, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        let rate = self.bytes_per_second();
+        let mut bucket = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        bucket.tokens = (bucket.tokens + bytes as f64).min(burst(rate));
+    }
+
+    /// Returns the maximum bytes that one read or write should take at once: one burst, so
+    /// that no single wait is much longer than [`BURST_SECS`] beyond the queue.
+    pub fn chunk_size(&self) -> usize {
+        let chunk = burst(self.bytes_per_second()) as u64;
+        usize::try_from(chunk.max(MIN_CHUNK)).unwrap_or(usize::MAX)
+    }
+
+    /// Takes `bytes` from the bucket and waits until they may pass. Large amounts are taken
+    /// one chunk at a time, so the user's other transfers get their turns in between.
     ///
     /// # Cancel safety
     ///
-    /// Cancelling the wait keeps the bytes taken, so the next caller waits for them.
+    /// Cancelling the wait keeps the bytes of the current chunk taken, so the next caller
+    /// waits for them.
     pub async fn acquire(&self, bytes: u64) {
-        let wait = self.reserve(bytes);
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+        let mut left = bytes;
+        while left > 0 {
+            let chunk = left.min(self.chunk_size() as u64);
+            left -= chunk;
+            let wait = self.reserve(chunk);
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
         }
     }
 }
+
+/// The smallest chunk, so that very low rates still move data in useful pieces.
+const MIN_CHUNK: u64 = 1024;
 
 fn burst(bytes_per_second: u64) -> f64 {
     (bytes_per_second as f64 * BURST_SECS).max(1.0)
@@ -117,6 +144,20 @@ mod tests {
             second >= first + Duration::from_millis(450),
             "{first:?} {second:?}"
         );
+    }
+
+    #[test]
+    fn refund_returns_unused_bytes() {
+        let limit = RateLimit::new(1000);
+        assert!(limit.reserve(500) > Duration::ZERO);
+        limit.refund(300);
+        assert_eq!(limit.reserve(50), Duration::ZERO);
+    }
+
+    #[test]
+    fn chunk_is_one_burst() {
+        assert_eq!(RateLimit::new(1_000_000).chunk_size(), 250_000);
+        assert_eq!(RateLimit::new(100).chunk_size(), 1024);
     }
 
     #[test]

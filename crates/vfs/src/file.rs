@@ -208,7 +208,15 @@ impl FileWriter {
     }
 
     /// Publishes the upload: renames the temporary file over the target in atomic mode.
+    ///
+    /// After a write failed on the quota the file lacks data that the client sent, so it is
+    /// not published: this fails with [`VfsError::QuotaExceeded`], and in atomic mode the
+    /// target stays as it was.
     pub async fn commit(mut self) -> Result<(), VfsError> {
+        if self.limits.charge.as_ref().is_some_and(|c| c.exceeded()) {
+            tracing::debug!(path = %self.path, "upload not published: a write exceeded the quota");
+            return Err(VfsError::QuotaExceeded);
+        }
         self.committed = true;
         let staging = std::mem::replace(&mut self.staging, Staging::InPlace);
         let charge = self.limits.charge.take();

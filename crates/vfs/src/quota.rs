@@ -156,6 +156,7 @@ impl Quota {
                 size,
                 charged: 0,
                 new_file,
+                exceeded: false,
                 finished: false,
             }),
         })
@@ -219,6 +220,8 @@ struct ChargeState {
     charged: u64,
     /// The upload creates a file and has reserved a file slot for it.
     new_file: bool,
+    /// A write or resize failed on the quota, so the file lacks data the client sent.
+    exceeded: bool,
     finished: bool,
 }
 
@@ -235,7 +238,10 @@ impl Charge {
         }
         let charged = size.saturating_sub(state.credit);
         if charged > state.charged {
-            self.quota.reserve(charged - state.charged, 0, 0)?;
+            if let Err(error) = self.quota.reserve(charged - state.charged, 0, 0) {
+                state.exceeded = true;
+                return Err(error);
+            }
         } else {
             self.quota.release(state.charged - charged, 0);
         }
@@ -269,6 +275,11 @@ impl Charge {
     /// Returns the size of the file being written, as far as the writes show it.
     pub(crate) fn size(&self) -> u64 {
         self.lock().size
+    }
+
+    /// Returns whether a write or resize failed on the quota.
+    pub(crate) fn exceeded(&self) -> bool {
+        self.lock().exceeded
     }
 
     /// Settles the upload. A published upload replaces the old file's count with its own

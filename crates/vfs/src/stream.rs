@@ -5,7 +5,6 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
@@ -17,9 +16,9 @@ use crate::quota::Charge;
 /// it writes, returned by [`FileReader::into_stream`](crate::FileReader::into_stream) and
 /// [`FileWriter::stream`](crate::FileWriter::stream).
 ///
-/// A limited stream lets each read or write through at once and then waits for the bytes it
-/// passed before the next read, write, flush or shutdown, so the last bytes of a transfer are
-/// waited for too. A write that would pass the quota fails with an `io::Error` that
+/// Under a limit, each read or write takes at most one chunk of the limit's bucket and waits
+/// until those bytes may pass before it touches the file. A read that returns fewer bytes
+/// puts the rest back. A write that would pass the quota fails with an `io::Error` that
 /// `VfsError::from` turns into [`VfsError::QuotaExceeded`](crate::VfsError::QuotaExceeded).
 pub struct FileStream {
     file: tokio::fs::File,
@@ -29,6 +28,9 @@ pub struct FileStream {
     /// The file offset of the next write; kept only while a quota applies. In append mode it
     /// starts at the end of the file.
     position: u64,
+    /// Bytes taken from a bucket for the read or write in progress, which may have to be
+    /// polled again.
+    reserved: Option<usize>,
     wait: Option<Pin<Box<Sleep>>>,
 }
 
@@ -40,6 +42,7 @@ impl FileStream {
             write_limit: None,
             charge: None,
             position: 0,
+            reserved: None,
             wait: None,
         }
     }
@@ -62,7 +65,22 @@ impl FileStream {
         self
     }
 
-    /// Waits for the bytes of the previous read or write.
+    /// Takes up to `wanted` bytes (at most one chunk) from `limit` unless the operation in
+    /// progress already did, and returns the bytes taken.
+    fn reserve(&mut self, limit: &RateLimit, wanted: usize) -> usize {
+        if let Some(reserved) = self.reserved {
+            return reserved;
+        }
+        let reserved = wanted.min(limit.chunk_size());
+        let wait = limit.reserve(reserved as u64);
+        if !wait.is_zero() {
+            self.wait = Some(Box::pin(tokio::time::sleep(wait)));
+        }
+        self.reserved = Some(reserved);
+        reserved
+    }
+
+    /// Waits until the bytes taken may pass.
     fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if let Some(wait) = self.wait.as_mut() {
             ready!(wait.as_mut().poll(cx));
@@ -71,11 +89,22 @@ impl FileStream {
         Poll::Ready(())
     }
 
-    fn start_wait(&mut self, limit: Option<&Arc<RateLimit>>, bytes: usize) {
-        let Some(limit) = limit else { return };
-        let wait = limit.reserve(bytes as u64);
-        if wait > Duration::ZERO {
-            self.wait = Some(Box::pin(tokio::time::sleep(wait)));
+    /// Ends the operation in progress and puts back the bytes taken that did not pass.
+    fn settle(&mut self, limit: &RateLimit, passed: usize) {
+        if let Some(reserved) = self.reserved.take() {
+            limit.refund(reserved.saturating_sub(passed) as u64);
+        }
+    }
+
+    /// Reserves quota for writing `len` bytes at the current position.
+    fn charge_write(&self, len: usize) -> io::Result<()> {
+        match &self.charge {
+            // A repeated poll for the same bytes reserves nothing more, because the position
+            // moves only once bytes are accepted.
+            Some(charge) => charge
+                .write_until(self.position.saturating_add(len as u64))
+                .map_err(|_| crate::VfsError::quota_io_error()),
+            None => Ok(()),
         }
     }
 }
@@ -87,12 +116,25 @@ impl AsyncRead for FileStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let Some(limit) = this.read_limit.clone() else {
+            return Pin::new(&mut this.file).poll_read(cx, buf);
+        };
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let reserved = this.reserve(&limit, buf.remaining());
         ready!(this.poll_wait(cx));
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut this.file).poll_read(cx, buf))?;
-        let read = buf.filled().len() - before;
-        let limit = this.read_limit.clone();
-        this.start_wait(limit.as_ref(), read);
+        // The file gets a buffer of the reserved size, so it cannot read more than was paid.
+        let (result, read) = {
+            let space = buf.initialize_unfilled_to(reserved.min(buf.remaining()));
+            let mut part = ReadBuf::new(space);
+            let result = ready!(Pin::new(&mut this.file).poll_read(cx, &mut part));
+            let read = part.filled().len();
+            (result, read)
+        };
+        this.settle(&limit, read);
+        result?;
+        buf.advance(read);
         Poll::Ready(Ok(()))
     }
 }
@@ -104,36 +146,36 @@ impl AsyncWrite for FileStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        ready!(this.poll_wait(cx));
-        if let Some(charge) = &this.charge {
-            // The reservation covers the whole buffer; a repeated poll for the same buffer
-            // reserves nothing more because the position moves only once bytes are accepted.
-            if charge
-                .write_until(this.position.saturating_add(buf.len() as u64))
-                .is_err()
-            {
-                return Poll::Ready(Err(crate::VfsError::quota_io_error()));
-            }
-        }
-        let written = ready!(Pin::new(&mut this.file).poll_write(cx, buf))?;
-        if this.charge.is_some() {
+        let Some(limit) = this.write_limit.clone() else {
+            this.charge_write(buf.len())?;
+            let written = ready!(Pin::new(&mut this.file).poll_write(cx, buf))?;
             this.position = this.position.saturating_add(written as u64);
+            return Poll::Ready(Ok(written));
+        };
+        if buf.is_empty() {
+            return Pin::new(&mut this.file).poll_write(cx, buf);
         }
-        let limit = this.write_limit.clone();
-        this.start_wait(limit.as_ref(), written);
-        Poll::Ready(Ok(written))
+        let len = buf.len().min(limit.chunk_size());
+        if let Err(error) = this.charge_write(len) {
+            this.settle(&limit, 0);
+            return Poll::Ready(Err(error));
+        }
+        let reserved = this.reserve(&limit, len);
+        ready!(this.poll_wait(cx));
+        let part = buf.get(..reserved.min(buf.len())).unwrap_or(buf);
+        let result = ready!(Pin::new(&mut this.file).poll_write(cx, part));
+        let written = *result.as_ref().unwrap_or(&0);
+        this.settle(&limit, written);
+        this.position = this.position.saturating_add(written as u64);
+        Poll::Ready(result)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        ready!(this.poll_wait(cx));
-        Pin::new(&mut this.file).poll_flush(cx)
+        Pin::new(&mut self.get_mut().file).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        ready!(this.poll_wait(cx));
-        Pin::new(&mut this.file).poll_shutdown(cx)
+        Pin::new(&mut self.get_mut().file).poll_shutdown(cx)
     }
 }
 

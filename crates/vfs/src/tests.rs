@@ -423,9 +423,8 @@ async fn quota_overwrite_reuses_replaced_space() {
         .await
         .unwrap();
     w.write_at(0, vec![3; 100]).await.unwrap();
-    let err = w.write_at(100, vec![3; 1]).await.unwrap_err();
-    assert!(matches!(err, VfsError::QuotaExceeded), "{err:?}");
     w.commit().await.unwrap();
+    assert_eq!(std::fs::read(f.home.join("a.txt")).unwrap(), vec![3; 100]);
     assert_eq!(quota.usage(), usage(150, 2));
 }
 
@@ -587,11 +586,44 @@ async fn download_stream_waits_for_limit() {
         .into_stream(0)
         .await
         .unwrap();
-    let mut data = Vec::new();
-    stream.read_to_end(&mut data).await.unwrap();
-    assert_eq!(data.len(), 100_000);
+    // Exactly the file's size and no read at the end, as a client that knows the size does.
+    let mut data = vec![0; 100_000];
+    stream.read_exact(&mut data).await.unwrap();
     // 100 kB at 200 kB/s, less the 50 kB burst: at least 0.25 s.
-    assert!(started.elapsed() >= std::time::Duration::from_millis(200));
+    assert!(started.elapsed() >= std::time::Duration::from_millis(230));
+}
+
+#[tokio::test]
+async fn upload_stream_waits_for_limit() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        upload: Some(Arc::new(RateLimit::new(200_000))),
+        ..Limits::default()
+    };
+    let vfs = Vfs::open_with_limits(
+        &dir.path().join("h"),
+        Permissions::default(),
+        UploadMode::Atomic,
+        limits,
+    )
+    .await
+    .unwrap();
+    let w = vfs
+        .open_write(&p("/up"), WriteOptions::replace())
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut stream = w.stream().unwrap();
+    stream.write_all(&[1; 100_000]).await.unwrap();
+    stream.flush().await.unwrap();
+    assert!(started.elapsed() >= std::time::Duration::from_millis(230));
+    drop(stream);
+    w.commit().await.unwrap();
+    assert_eq!(
+        std::fs::metadata(dir.path().join("h/up")).unwrap().len(),
+        100_000
+    );
 }
 
 #[tokio::test]
@@ -619,4 +651,25 @@ async fn upload_write_waits_for_limit() {
     }
     assert!(started.elapsed() >= std::time::Duration::from_millis(200));
     w.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn quota_failed_write_blocks_commit() {
+    let (f, quota) = quota_fixture(UploadMode::Atomic, 200, 10).await;
+    let w = f
+        .vfs
+        .open_write(&p("/a.txt"), WriteOptions::replace())
+        .await
+        .unwrap();
+    w.write_at(0, vec![1; 40]).await.unwrap();
+    let err = w.write_at(150, vec![1; 10]).await.unwrap_err();
+    assert!(matches!(err, VfsError::QuotaExceeded), "{err:?}");
+    let err = w.commit().await.unwrap_err();
+    assert!(matches!(err, VfsError::QuotaExceeded), "{err:?}");
+    assert_eq!(
+        std::fs::read(f.home.join("a.txt")).unwrap(),
+        vec![b'a'; 100]
+    );
+    assert!(temp_files(&f.home).is_empty());
+    assert_eq!(quota.usage(), usage(150, 2));
 }
