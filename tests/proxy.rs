@@ -10,21 +10,40 @@ use std::time::Duration;
 
 use common::*;
 
-const PIPE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/clients/proxy_pipe.py");
+const PIPE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../tests/clients/proxy_pipe.py"
+);
 const SETTLE: Duration = Duration::from_millis(1500);
 
 fn proxied_server(mode: u8, allowed: &str, connect_log: &std::path::Path) -> TestServer {
     let hook = write_script(
         connect_log.parent().unwrap(),
         "connect.sh",
-        &format!("echo \"$SFTPGO_CONNECTION_IP $SFTPGO_CONNECTION_PROTOCOL\" >> {}", connect_log.display()),
+        &format!(
+            "echo \"$SFTPGO_CONNECTION_IP $SFTPGO_CONNECTION_PROTOCOL\" >> {}",
+            connect_log.display()
+        ),
     );
     Setup::default()
         .only(&["ssh", "ftp"])
         .set("common", &format!("proxy_allowed = [{allowed}]"))
-        .set("common", &format!("post_connect_hook = \"{}\"", hook.display()))
-        .set("sftpd", &format!("bindings = [{{ address = \"127.0.0.1\", port = 0, proxy_protocol = {mode} }}]"))
-        .set("ftpd", &format!("bindings = [{{ address = \"127.0.0.1\", port = 0, proxy_protocol = {mode} }}]"))
+        .set(
+            "common",
+            &format!("post_connect_hook = \"{}\"", hook.display()),
+        )
+        .set(
+            "sftpd",
+            &format!(
+                "bindings = [{{ address = \"127.0.0.1\", port = 0, proxy_protocol = {mode} }}]"
+            ),
+        )
+        .set(
+            "ftpd",
+            &format!(
+                "bindings = [{{ address = \"127.0.0.1\", port = 0, proxy_protocol = {mode} }}]"
+            ),
+        )
         .start()
 }
 
@@ -35,10 +54,18 @@ fn ssh_through_proxy(server: &TestServer, source: &str) -> std::process::Output 
         .env("SSHPASS", "wrong")
         .args(["-e", "ssh"])
         .args(ssh_options(server.ssh_port()))
-        .args(["-o", "PreferredAuthentications=password", "-o", "PubkeyAuthentication=no"])
+        .args([
+            "-o",
+            "PreferredAuthentications=password",
+            "-o",
+            "PubkeyAuthentication=no",
+        ])
         .args(["-o", "NumberOfPasswordPrompts=1"])
         .arg("-o")
-        .arg(format!("ProxyCommand=python3 {PIPE} {source} {}", server.ssh_port()))
+        .arg(format!(
+            "ProxyCommand=python3 {PIPE} {source} {}",
+            server.ssh_port()
+        ))
         .args(["alice@127.0.0.1", "true"]);
     run(command, Duration::from_secs(60))
 }
@@ -46,7 +73,9 @@ fn ssh_through_proxy(server: &TestServer, source: &str) -> std::process::Output 
 /// Sends `header`, then a wrong FTP login, and returns the replies read.
 fn ftp_with_header(port: u16, header: &[u8]) -> Vec<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     stream.write_all(header).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut replies = Vec::new();
@@ -74,11 +103,20 @@ fn header_address_reaches_events() {
     let connect_log = probe.path().join("connect.log");
     let server = proxied_server(2, "\"127.0.0.1\"", &connect_log);
     assert!(!ssh_through_proxy(&server, "203.0.113.7").status.success());
-    let replies = ftp_with_header(server.ftp_port(), b"PROXY TCP4 198.51.100.9 127.0.0.1 40000 21\r\n");
-    assert!(replies.first().is_some_and(|r| r.starts_with("220")), "{replies:?}");
+    let replies = ftp_with_header(
+        server.ftp_port(),
+        b"PROXY TCP4 198.51.100.9 127.0.0.1 40000 21\r\n",
+    );
+    assert!(
+        replies.first().is_some_and(|r| r.starts_with("220")),
+        "{replies:?}"
+    );
     assert!(replies.iter().any(|r| r.starts_with("530")), "{replies:?}");
     let events = server.wait_events(2, SETTLE);
-    let mut expected = vec![Event::new("alice", "password", 0, "SSH"), Event::new("alice", "password", 0, "FTP")];
+    let mut expected = vec![
+        Event::new("alice", "password", 0, "SSH"),
+        Event::new("alice", "password", 0, "FTP"),
+    ];
     expected[0].ip = "203.0.113.7".into();
     expected[1].ip = "198.51.100.9".into();
     expected.sort();
@@ -103,7 +141,11 @@ fn optional_mode_accepts_direct_clients() {
     let probe = tempfile::tempdir().unwrap();
     let server = proxied_server(1, "\"127.0.0.1\"", &probe.path().join("connect.log"));
     let output = sftp_batch_with_key(&server, "alice", &server.alice_key(), "pwd\n");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let replies = ftp_with_header(server.ftp_port(), b"");
     assert!(replies.iter().any(|r| r.starts_with("530")), "{replies:?}");
     let events = server.wait_events(2, SETTLE);
@@ -116,13 +158,32 @@ fn header_from_untrusted_peer_closes() {
     let connect_log = probe.path().join("connect.log");
     let server = proxied_server(1, "\"192.0.2.1\"", &connect_log);
     assert!(!ssh_through_proxy(&server, "203.0.113.7").status.success());
-    let replies = ftp_with_header(server.ftp_port(), b"PROXY TCP4 198.51.100.9 127.0.0.1 40000 21\r\n");
-    assert!(replies.is_empty(), "an untrusted PROXY header must close the connection: {replies:?}");
-    assert!(server.wait_events(0, SETTLE).is_empty(), "no login event for a refused header");
-    assert!(!connect_log.exists(), "the post-connect hook must not run for a refused header");
+    let replies = ftp_with_header(
+        server.ftp_port(),
+        b"PROXY TCP4 198.51.100.9 127.0.0.1 40000 21\r\n",
+    );
+    assert!(
+        replies.is_empty(),
+        "an untrusted PROXY header must close the connection: {replies:?}"
+    );
+    assert!(
+        server.wait_events(0, SETTLE).is_empty(),
+        "no login event for a refused header"
+    );
+    assert!(
+        !connect_log.exists(),
+        "the post-connect hook must not run for a refused header"
+    );
     let closed = server.log_messages("connection closed before the greeting");
     assert_eq!(closed.len(), 1);
-    assert!(closed[0]["error"].as_str().unwrap().contains("not in proxy_allowed"), "{}", closed[0]);
+    assert!(
+        closed[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not in proxy_allowed"),
+        "{}",
+        closed[0]
+    );
 }
 
 #[test]
@@ -133,4 +194,21 @@ fn required_mode_closes_direct_clients() {
     assert!(!output.status.success());
     assert!(ftp_with_header(server.ftp_port(), b"").is_empty());
     assert!(server.wait_events(0, SETTLE).is_empty());
+}
+
+#[test]
+fn ipv4_mapped_address_shown_as_ipv4() {
+    // A listener on :: takes IPv4 clients as ::ffff:127.0.0.1; events must show 127.0.0.1.
+    let server = Setup::default()
+        .only(&["ssh"])
+        .set("sftpd", "bindings = [{ address = \"::\", port = 0 }]")
+        .start();
+    assert!(server.ssh_addr.unwrap().is_ipv6(), "{:?}", server.ssh_addr);
+    assert!(
+        !sftp_batch_with_password(&server, "alice", "wrong", "pwd\n")
+            .status
+            .success()
+    );
+    let events = server.wait_events(1, SETTLE);
+    assert_eq!(events, vec![Event::new("alice", "password", 0, "SSH")]);
 }

@@ -54,34 +54,6 @@ fn output_of<'a>(stdout: &'a str, command: &str) -> Vec<&'a str> {
         .collect()
 }
 
-/// Runs `sftp -b` with a password through sshpass. `sftp -b` turns on BatchMode, which
-/// disables password prompts, unless BatchMode=no comes first: ssh keeps the first value.
-fn sftp_with_password(server: &TestServer, batch: &str) -> Output {
-    let batch_file = server.root().join(format!("batch-{}.txt", rand_suffix()));
-    std::fs::write(&batch_file, batch).unwrap();
-    let mut command = Command::new("sshpass");
-    command
-        .env("SSHPASS", ALICE_PASSWORD)
-        .args(["-e", "sftp"])
-        .args(ssh_options(server.ssh_port()))
-        .args([
-            "-o",
-            "BatchMode=no",
-            "-o",
-            "PreferredAuthentications=password",
-        ])
-        .args([
-            "-o",
-            "PubkeyAuthentication=no",
-            "-o",
-            "NumberOfPasswordPrompts=1",
-        ])
-        .arg("-b")
-        .arg(&batch_file)
-        .arg("alice@127.0.0.1");
-    run(command, CLIENT_TIMEOUT)
-}
-
 /// Runs `scp` with alice's key.
 fn scp(server: &TestServer, from: &str, to: &str) -> Output {
     let mut command = Command::new("scp");
@@ -137,7 +109,7 @@ fn openssh_operations_with_password() {
          rmdir \"ü dir\"\n",
         local.display()
     );
-    let output = sftp_with_password(&server, &batch);
+    let output = sftp_batch_with_password(&server, "alice", ALICE_PASSWORD, &batch);
     assert_ok(&output, "sftp batch");
 
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -79,6 +79,8 @@ pub struct Setup {
     pub dav: bool,
     /// Log in the human format instead of JSON lines.
     pub human_logs: bool,
+    /// Extra environment variables for the server process.
+    pub envs: Vec<(String, String)>,
 }
 
 impl Default for Setup {
@@ -91,6 +93,7 @@ impl Default for Setup {
             ftp: true,
             dav: true,
             human_logs: false,
+            envs: Vec::new(),
         }
     }
 }
@@ -122,6 +125,12 @@ impl Setup {
         self.ssh = services.contains(&"ssh");
         self.ftp = services.contains(&"ftp");
         self.dav = services.contains(&"dav");
+        self
+    }
+
+    /// Sets an environment variable for the server process.
+    pub fn env(mut self, key: &str, value: &str) -> Setup {
+        self.envs.push((key.to_owned(), value.to_owned()));
         self
     }
 
@@ -285,6 +294,7 @@ impl TestServer {
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
+            .envs(setup.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -743,7 +753,12 @@ impl Request {
 
 impl HttpReceiver {
     pub fn start() -> HttpReceiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        HttpReceiver::start_on(0)
+    }
+
+    /// Starts the receiver on a given port (0 picks a free one).
+    pub fn start_on(port: u16) -> HttpReceiver {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(Mutex::new(200));

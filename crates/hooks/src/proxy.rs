@@ -117,11 +117,12 @@ pub async fn read_client_address(
                 )));
             }
             Parsed::Incomplete if peeked == seen && tokio::time::Instant::now() >= deadline => {
-                return Err(if peeked == 0 {
-                    ProxyError::Missing
-                } else {
-                    ProxyError::Invalid("incomplete header".into())
-                });
+                return match (peeked, mode) {
+                    // A silent client, such as an FTP client waiting for the greeting.
+                    (0, ProxyMode::Optional) => Ok(peer),
+                    (0, _) => Err(ProxyError::Missing),
+                    _ => Err(ProxyError::Invalid("incomplete header".into())),
+                };
             }
             Parsed::Incomplete => {
                 if peeked == seen {
@@ -253,6 +254,15 @@ mod tests {
     #[tokio::test]
     async fn optional_without_header_uses_peer() {
         let (mut server, peer, _c) = connect(b"SSH-2.0-x\r\n").await;
+        let addr = read_client_address(&mut server, peer, ProxyMode::Optional, &loopback())
+            .await
+            .unwrap();
+        assert_eq!(addr, peer);
+    }
+
+    #[tokio::test]
+    async fn optional_silent_client_uses_peer() {
+        let (mut server, peer, _c) = connect(b"").await;
         let addr = read_client_address(&mut server, peer, ProxyMode::Optional, &loopback())
             .await
             .unwrap();
