@@ -561,6 +561,7 @@ impl Runner<'_> {
         let download = self.local_file(user, "download");
         let source = self.upload_source(user, op);
         let (download, source) = (download.display(), source.display());
+
         let batch = match op {
             Op::Login => "pwd".to_owned(),
             Op::List => "ls /".to_owned(),
@@ -578,8 +579,10 @@ impl Runner<'_> {
             Op::Chmod => "chmod 600 f.txt".to_owned(),
             Op::Chtimes => unreachable!("set through paramiko"),
         };
+
         let output = sftp_batch_with_password(self.server, user, password, &format!("{batch}\n"));
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+
         if output.status.success() {
             return Outcome::Ok;
         }
@@ -634,6 +637,7 @@ impl Runner<'_> {
         let download = self.local_file(user, "download");
         let source = self.upload_source(user, op);
         let (download, source) = (download.display().to_string(), source.display().to_string());
+
         let args: Vec<&str> = match op {
             Op::Login => vec!["login"],
             Op::List => vec!["list"],
@@ -649,6 +653,7 @@ impl Runner<'_> {
             Op::CreateDir => vec!["mkd", "newdir"],
             Op::Symlink | Op::Chmod | Op::Chtimes => unreachable!("not in FTP"),
         };
+
         let mut all = vec![
             self.server.ftp_port().to_string(),
             user.to_owned(),
@@ -657,6 +662,7 @@ impl Runner<'_> {
         all.extend(args.iter().map(|s| s.to_string()));
         let output = ftp_common::python(FTP_CLIENT, &all);
         let stdout = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+
         if stdout == "OK" {
             return Outcome::Ok;
         }
