@@ -216,36 +216,28 @@ struct Sessions {
 }
 
 impl Sessions {
-    /// Returns the shared limits with `user`'s current values, creating those that are new
-    /// and keeping the usage and buckets of those that already exist.
+    /// Returns the shared limits with `user`'s current values, keeping the usage and buckets
+    /// of limits that already exist. A limit that the user no longer has is dropped here, so
+    /// the sessions that use it keep it and new sessions go without it.
     fn limits_for(&mut self, user: &User) -> Limits {
         let limits = &mut self.limits;
-        if user.has_quota() {
-            match &limits.quota {
-                Some(quota) => quota.set_limits(user.quota_size, user.quota_files),
-                None => {
-                    limits.quota = Some(Arc::new(Quota::new(user.quota_size, user.quota_files)));
-                }
-            }
+        if !user.has_quota() {
+            limits.quota = None;
+        } else if let Some(quota) = &limits.quota {
+            quota.set_limits(user.quota_size, user.quota_files);
+        } else {
+            limits.quota = Some(Arc::new(Quota::new(user.quota_size, user.quota_files)));
         }
         update_rate(&mut limits.upload, user.upload_bandwidth);
         update_rate(&mut limits.download, user.download_bandwidth);
-        // A limit that the user no longer has stays shared with the sessions that use it, but
-        // new sessions go without it.
-        Limits {
-            quota: limits.quota.clone().filter(|_| user.has_quota()),
-            upload: limits.upload.clone().filter(|_| user.upload_bandwidth > 0),
-            download: limits
-                .download
-                .clone()
-                .filter(|_| user.download_bandwidth > 0),
-        }
+        limits.clone()
     }
 }
 
-/// Sets a shared bucket to `kib_per_second`, creating it when missing; 0 leaves it alone.
+/// Sets a shared bucket to `kib_per_second`, creating it when missing; 0 drops it.
 fn update_rate(bucket: &mut Option<Arc<RateLimit>>, kib_per_second: u64) {
     if kib_per_second == 0 {
+        *bucket = None;
         return;
     }
     let bytes_per_second = kib_per_second.saturating_mul(1024);

@@ -290,3 +290,23 @@ async fn login_opens_vfs_with_quota_usage() {
     assert_eq!(usage.bytes, 40);
     assert_eq!(usage.files, 1);
 }
+
+#[test]
+fn reload_drops_removed_limits() {
+    let (dir, store) = store(
+        "[[users]]\nusername = \"a\"\nhome_dir = \"h\"\nquota_files = 3\nupload_bandwidth = 4\n",
+    );
+    let store = store.unwrap();
+    let first = store.open_session(&store.get("a").unwrap()).unwrap();
+    std::fs::write(
+        dir.path().join("users.toml"),
+        "[[users]]\nusername = \"a\"\nhome_dir = \"h\"\n",
+    )
+    .unwrap();
+    store.reload().unwrap();
+    let second = store.open_session(&store.get("a").unwrap()).unwrap();
+    assert!(second.limits().quota.is_none());
+    assert!(second.limits().upload.is_none());
+    assert!(first.limits().quota.is_some());
+    assert!(store.quota_usage("a").is_none());
+}
