@@ -17,7 +17,12 @@ use clap::{Parser, Subcommand};
 struct Cli {
     /// Log filter in the RUST_LOG syntax, such as "info" or "info,ferry_ssh=debug". The
     /// default keeps libunftp, which logs every FTP command at info, at warn.
-    #[arg(long, global = true, env = "RUST_LOG", default_value = "info,libunftp=warn")]
+    #[arg(
+        long,
+        global = true,
+        env = "RUST_LOG",
+        default_value = "info,libunftp=warn"
+    )]
     log_level: String,
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "human")]
