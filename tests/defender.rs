@@ -128,6 +128,19 @@ fn first_bytes(port: u16) -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
+/// Waits up to 10 s for `count` log lines with `message`, since the log is read from the
+/// server's stderr in the background, and returns the lines found.
+fn wait_log(server: &TestServer, message: &str, count: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines = server.log_messages(message);
+        if lines.len() >= count || Instant::now() > deadline {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Fails `THRESHOLD` logins over `proto`, then checks the ban on every protocol and its end.
 fn ban_after_failures(proto: Proto) {
     let defended = Defended::start("[]");
@@ -135,18 +148,11 @@ fn ban_after_failures(proto: Proto) {
         assert!(!defended.login(proto, "wrong-password"));
     }
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while defended
-        .server
-        .log_messages("client banned after repeated login failures")
-        .is_empty()
-    {
-        assert!(Instant::now() < deadline, "no ban was logged");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let bans = defended
-        .server
-        .log_messages("client banned after repeated login failures");
+    let bans = wait_log(
+        &defended.server,
+        "client banned after repeated login failures",
+        1,
+    );
     assert_eq!(bans.len(), 1, "{bans:?}");
     assert_eq!(bans[0]["ip"], "127.0.0.1");
 
@@ -162,9 +168,11 @@ fn ban_after_failures(proto: Proto) {
         calls_before,
         "the post-connect hook ran for a banned address"
     );
-    let rejections = defended
-        .server
-        .log_messages("connection from a banned address rejected");
+    let rejections = wait_log(
+        &defended.server,
+        "connection from a banned address rejected",
+        ALL.len(),
+    );
     assert!(rejections.len() >= ALL.len(), "{rejections:?}");
     assert!(rejections.iter().all(|line| line["ip"] == "127.0.0.1"));
 
@@ -176,7 +184,7 @@ fn ban_after_failures(proto: Proto) {
         );
     }
     assert!(defended.hook_calls() > calls_before);
-    assert_eq!(defended.server.log_messages("ban expired").len(), 1);
+    assert_eq!(wait_log(&defended.server, "ban expired", 1).len(), 1);
 }
 
 #[test]
