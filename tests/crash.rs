@@ -127,24 +127,25 @@ fn sftp_upload(server: &TestServer, fixture: &Fixture) -> Child {
 }
 
 fn ftp_upload(server: &TestServer, fixture: &Fixture) -> Child {
-    let mut command = Command::new("curl");
-    command
-        .args(["-sS", "--max-time", "120", "-u"])
-        .arg(format!("{USER}:{PASSWORD}"))
-        .arg("-T")
-        .arg(fixture.upload_source())
-        .arg(format!("ftp://127.0.0.1:{}/{TARGET}", server.ftp_port()));
-    spawn(command)
+    curl_upload(
+        fixture,
+        &format!("ftp://127.0.0.1:{}/{TARGET}", server.ftp_port()),
+    )
 }
 
 fn dav_upload(server: &TestServer, fixture: &Fixture) -> Child {
+    curl_upload(fixture, &format!("{}/{TARGET}", server.dav_url()))
+}
+
+/// Uploads the source file to `url` with curl, which speaks both FTP and WebDAV's PUT.
+fn curl_upload(fixture: &Fixture, url: &str) -> Child {
     let mut command = Command::new("curl");
     command
         .args(["-sS", "--max-time", "120", "-u"])
         .arg(format!("{USER}:{PASSWORD}"))
         .arg("-T")
         .arg(fixture.upload_source())
-        .arg(format!("{}/{TARGET}", server.dav_url()));
+        .arg(url);
     spawn(command)
 }
 

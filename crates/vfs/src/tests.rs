@@ -143,11 +143,7 @@ async fn encoded_names_are_literal() {
 async fn atomic_upload_invisible_until_commit() {
     let f = fixture(UploadMode::Atomic).await;
     std::fs::write(f.home.join("a.txt"), "old").unwrap();
-    let w = f
-        .vfs
-        .open_write(&p("/a.txt"), WriteOptions::replace())
-        .await
-        .unwrap();
+    let w = upload(&f.vfs, "/a.txt").await;
     w.write_at(0, b"new content".to_vec()).await.unwrap();
     assert_eq!(
         std::fs::read_to_string(f.home.join("a.txt")).unwrap(),
@@ -174,11 +170,7 @@ async fn atomic_upload_invisible_until_commit() {
 async fn atomic_upload_dropped_keeps_old() {
     let f = fixture(UploadMode::Atomic).await;
     std::fs::write(f.home.join("a.txt"), "old").unwrap();
-    let w = f
-        .vfs
-        .open_write(&p("/a.txt"), WriteOptions::replace())
-        .await
-        .unwrap();
+    let w = upload(&f.vfs, "/a.txt").await;
     w.write_at(0, b"partial".to_vec()).await.unwrap();
     drop(w);
     assert_eq!(
@@ -241,11 +233,7 @@ async fn exclusive_create_fails_on_existing() {
 #[tokio::test]
 async fn standard_mode_writes_in_place() {
     let f = fixture(UploadMode::Standard).await;
-    let w = f
-        .vfs
-        .open_write(&p("/s.txt"), WriteOptions::replace())
-        .await
-        .unwrap();
+    let w = upload(&f.vfs, "/s.txt").await;
     w.write_at(0, b"abc".to_vec()).await.unwrap();
     assert_eq!(
         std::fs::read_to_string(f.home.join("s.txt")).unwrap(),
@@ -330,6 +318,13 @@ async fn quota_fixture(mode: UploadMode, max_bytes: u64, max_files: u64) -> (Fix
     (fixture, quota)
 }
 
+/// Opens `path` for a plain upload that replaces it.
+async fn upload(vfs: &Vfs, path: &str) -> FileWriter {
+    vfs.open_write(&p(path), WriteOptions::replace())
+        .await
+        .unwrap()
+}
+
 fn usage(bytes: u64, files: u64) -> QuotaUsage {
     QuotaUsage { bytes, files }
 }
@@ -361,11 +356,7 @@ async fn quota_walk_runs_once_per_quota() {
 #[tokio::test]
 async fn quota_write_past_size_fails() {
     let (f, quota) = quota_fixture(UploadMode::Atomic, 200, 10).await;
-    let w = f
-        .vfs
-        .open_write(&p("/new.txt"), WriteOptions::replace())
-        .await
-        .unwrap();
+    let w = upload(&f.vfs, "/new.txt").await;
     w.write_at(0, vec![1; 50]).await.unwrap();
     let err = w.write_at(50, vec![1; 1]).await.unwrap_err();
     assert!(matches!(err, VfsError::QuotaExceeded), "{err:?}");
@@ -378,11 +369,7 @@ async fn quota_write_past_size_fails() {
 #[tokio::test]
 async fn quota_upload_counted_on_commit() {
     let (f, quota) = quota_fixture(UploadMode::Atomic, 1000, 10).await;
-    let w = f
-        .vfs
-        .open_write(&p("/new.txt"), WriteOptions::replace())
-        .await
-        .unwrap();
+    let w = upload(&f.vfs, "/new.txt").await;
     w.write_at(0, vec![1; 30]).await.unwrap();
     w.commit().await.unwrap();
     assert_eq!(quota.usage(), usage(180, 3));
@@ -398,11 +385,7 @@ async fn quota_files_checked_at_open() {
         .unwrap_err();
     assert!(matches!(err, VfsError::QuotaExceeded), "{err:?}");
     // Replacing an existing file needs no new slot.
-    let w = f
-        .vfs
-        .open_write(&p("/a.txt"), WriteOptions::replace())
-        .await
-        .unwrap();
+    let w = upload(&f.vfs, "/a.txt").await;
     w.write_at(0, vec![2; 10]).await.unwrap();
     w.commit().await.unwrap();
     assert_eq!(quota.usage(), usage(60, 2));
@@ -417,11 +400,7 @@ async fn quota_overwrite_reuses_replaced_space() {
         .await
         .unwrap_err();
     assert!(matches!(err, VfsError::QuotaExceeded), "{err:?}");
-    let w = f
-        .vfs
-        .open_write(&p("/a.txt"), WriteOptions::replace())
-        .await
-        .unwrap();
+    let w = upload(&f.vfs, "/a.txt").await;
     w.write_at(0, vec![3; 100]).await.unwrap();
     w.commit().await.unwrap();
     assert_eq!(std::fs::read(f.home.join("a.txt")).unwrap(), vec![3; 100]);
@@ -431,11 +410,7 @@ async fn quota_overwrite_reuses_replaced_space() {
 #[tokio::test]
 async fn quota_failed_overwrite_keeps_old_file() {
     let (f, quota) = quota_fixture(UploadMode::Atomic, 160, 10).await;
-    let w = f
-        .vfs
-        .open_write(&p("/a.txt"), WriteOptions::replace())
-        .await
-        .unwrap();
+    let w = upload(&f.vfs, "/a.txt").await;
     w.write_at(0, vec![4; 110]).await.unwrap();
     let err = w.write_at(110, vec![4; 1]).await.unwrap_err();
     assert!(matches!(err, VfsError::QuotaExceeded), "{err:?}");
@@ -473,11 +448,7 @@ async fn quota_resume_and_append_counted() {
 #[tokio::test]
 async fn quota_standard_mode_keeps_interrupted_upload() {
     let (f, quota) = quota_fixture(UploadMode::Standard, 1000, 10).await;
-    let w = f
-        .vfs
-        .open_write(&p("/new.txt"), WriteOptions::replace())
-        .await
-        .unwrap();
+    let w = upload(&f.vfs, "/new.txt").await;
     w.write_at(0, vec![6; 40]).await.unwrap();
     drop(w);
     assert_eq!(quota.usage(), usage(190, 3));
@@ -524,11 +495,7 @@ async fn quota_copy_and_extension_must_fit() {
 async fn quota_stream_write_past_size_fails() {
     use tokio::io::AsyncWriteExt;
     let (f, quota) = quota_fixture(UploadMode::Atomic, 200, 10).await;
-    let w = f
-        .vfs
-        .open_write(&p("/s.txt"), WriteOptions::replace())
-        .await
-        .unwrap();
+    let w = upload(&f.vfs, "/s.txt").await;
     let mut stream = w.stream().unwrap();
     stream.write_all(&[7; 50]).await.unwrap();
     let error = stream.write_all(&[7; 1]).await.unwrap_err();
@@ -656,11 +623,7 @@ async fn upload_write_waits_for_limit() {
 #[tokio::test]
 async fn quota_failed_write_blocks_commit() {
     let (f, quota) = quota_fixture(UploadMode::Atomic, 200, 10).await;
-    let w = f
-        .vfs
-        .open_write(&p("/a.txt"), WriteOptions::replace())
-        .await
-        .unwrap();
+    let w = upload(&f.vfs, "/a.txt").await;
     w.write_at(0, vec![1; 40]).await.unwrap();
     let err = w.write_at(150, vec![1; 10]).await.unwrap_err();
     assert!(matches!(err, VfsError::QuotaExceeded), "{err:?}");
