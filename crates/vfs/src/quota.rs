@@ -181,6 +181,8 @@ fn walk(root: &Dir) -> QuotaUsage {
         for entry in entries {
             let Ok(entry) = entry else { continue };
             let name = entry.file_name();
+            // NOTE: this also skips uploads that a killed server left behind. Nothing removes
+            // them, so they take disk space that no quota counts.
             if name.to_string_lossy().starts_with(UPLOAD_TEMP_PREFIX) {
                 continue;
             }
