@@ -96,7 +96,7 @@ fn check_config_rejects_missing_hook_program() {
 fn check_config_hides_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
-        "[common]\npost_login_hook = \"https://siem:s3cret-pass@127.0.0.1:9/login\"\n\
+        "[common]\npost_login_hook = \"https://siem:s3cret-pass@127.0.0.1:9/login?token=s3cret-query\"\n\
          [httpclient]\nheaders = [{{ key = \"Authorization\", value = \"Bearer s3cret-token\", url = \"https://127.0.0.1\" }}]\n\
          {NO_SERVICES}"
     );
@@ -109,6 +109,7 @@ fn check_config_hides_secrets() {
     );
     assert!(!stdout.contains("s3cret-token"), "{stdout}");
     assert!(!stdout.contains("s3cret-pass"), "{stdout}");
+    assert!(!stdout.contains("s3cret-query"), "{stdout}");
     assert!(stdout.contains("Authorization"), "{stdout}");
 }
 
@@ -141,6 +142,55 @@ fn env_overrides_file() {
     let output = run(command, Duration::from_secs(30));
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("common.post_login_scope = 9"));
+}
+
+#[test]
+fn unrelated_ferry_variables_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ferry.toml");
+    std::fs::write(&path, NO_SERVICES).unwrap();
+    std::fs::write(dir.path().join("users.toml"), "").unwrap();
+    let mut command = Command::new(ferry_bin());
+    command
+        .env("FERRY_BAN_LIST", "/tmp/x")
+        .arg("check-config")
+        .arg("--config")
+        .arg(&path);
+    let output = run(command, Duration::from_secs(30));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn users_add_refuses_private_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(&config, NO_SERVICES).unwrap();
+    std::fs::write(dir.path().join("users.toml"), "").unwrap();
+    let key = dir.path().join("k");
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let private = std::fs::read_to_string(&key).unwrap();
+    let secret_line = private.lines().nth(1).unwrap();
+    let output = users_command(
+        &config,
+        &["add", "carol", "--key", key.to_str().unwrap()],
+        b"",
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("private key"), "{stderr}");
+    assert!(
+        !stderr.contains(&secret_line[..20]),
+        "key material echoed: {stderr}"
+    );
 }
 
 #[test]
@@ -205,7 +255,7 @@ fn users_commands_edit_in_place() {
     let bob = store.get("bob").unwrap();
     assert!(bob.password.as_ref().unwrap().verify("bob secret"));
     assert_eq!(bob.public_keys.len(), 1);
-    assert_eq!(bob.home_dir, dir.path().join("data/bob"));
+    assert_eq!(bob.home_dir, dir.path().join("state/data/bob"));
 
     let output = users_command(&config, &["add", "bob"], b"");
     assert_eq!(output.status.code(), Some(2), "a duplicate add must fail");
@@ -233,10 +283,9 @@ fn users_commands_edit_in_place() {
         listing.contains("alice\thome=a\tpassword=yes\tkeys=0"),
         "{listing}"
     );
-    assert!(
-        listing.contains("bob\thome=data/bob\tpassword=yes\tkeys=1"),
-        "{listing}"
-    );
+    let bob_home = dir.path().join("state/data/bob");
+    let bob_line = format!("bob\thome={}\tpassword=yes\tkeys=1", bob_home.display());
+    assert!(listing.contains(&bob_line), "{listing}");
 
     let output = users_command(&config, &["remove", "alice"], b"");
     assert!(output.status.success());

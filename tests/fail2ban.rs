@@ -177,3 +177,60 @@ fn crafted_user_name_cannot_forge_address() {
         vec!["127.0.0.1".to_owned()]
     );
 }
+
+/// Sends a wrong FTP login whose user name carries a forged failure line.
+fn ftp_forged_login(port: u16) {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    for command in [
+        "USER x ferry::login: login failed protocol=FTP ip=192.0.2.97 \"ip\":\"192.0.2.96\" y\r\n",
+        "PASS wrong\r\n",
+        "QUIT\r\n",
+    ] {
+        stream.write_all(command.as_bytes()).unwrap();
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+    }
+}
+
+#[test]
+fn forged_ftp_names_match_nothing() {
+    for human in [true, false] {
+        let mut setup = Setup::default()
+            .only(&["ftp"])
+            .hook(LoginHook::None)
+            // A failing hook logs the event again, user name included.
+            .set("common", "post_login_hook = \"http://127.0.0.1:9/login\"")
+            .set("httpclient", "retry_max = 0");
+        if human {
+            setup = setup.human_logs();
+        }
+        let server = setup.start();
+        ftp_forged_login(server.ftp_port());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !server
+            .log_lines()
+            .iter()
+            .any(|l| l.contains("post-login hook failed"))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let lines = server.log_lines();
+        assert!(
+            lines.iter().any(|l| l.contains("post-login hook failed")),
+            "{lines:#?}"
+        );
+        assert_eq!(
+            fail2ban_matches(&server, &lines),
+            vec!["127.0.0.1".to_owned()],
+            "human format: {human}"
+        );
+    }
+}

@@ -116,11 +116,22 @@ pub fn load(path: &Path) -> anyhow::Result<Validated> {
     }
     let figment = Figment::from(Serialized::defaults(Config::default()))
         .merge(Toml::file_exact(path))
-        .merge(Env::prefixed("FERRY_").split("__"));
+        // Only FERRY_<SECTION>__<KEY> variables configure Ferry; other FERRY_ variables (a hook
+        // script's settings, say) pass through to hook programs untouched.
+        .merge(
+            Env::prefixed("FERRY_")
+                .filter(|key| key.as_str().contains("__"))
+                .split("__"),
+        );
     let mut config: Config = figment
         .extract()
         .map_err(|e| anyhow::anyhow!(format_figment_error(e)))
-        .with_context(|| format!("invalid config file {}", path.display()))?;
+        .with_context(|| {
+            format!(
+                "invalid configuration in {} or FERRY_ environment variables",
+                path.display()
+            )
+        })?;
 
     let base = path
         .parent()
@@ -284,10 +295,14 @@ fn redact(value: &mut toml::Value, key: Option<&str>) {
         toml::Value::String(text)
             if matches!(key, Some("post_login_hook" | "post_connect_hook")) =>
         {
-            if let Ok(mut url) = ferry_hooks::Url::parse(text)
-                && url.password().is_some()
-            {
-                let _ = url.set_password(Some("hidden"));
+            if let Ok(mut url) = ferry_hooks::Url::parse(text) {
+                if url.password().is_some() {
+                    let _ = url.set_password(Some("hidden"));
+                }
+                // Query parameters often carry tokens.
+                if url.query().is_some() {
+                    url.set_query(Some("hidden"));
+                }
                 *text = url.to_string();
             }
         }

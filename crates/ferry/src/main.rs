@@ -49,8 +49,8 @@ enum Command {
     HashPassword,
     /// Manage the users file named by the configuration.
     Users {
-        /// The configuration file.
-        #[arg(long, short, default_value = "config/ferry.toml")]
+        /// The configuration file, whose `[data_provider] users_file` is edited.
+        #[arg(long, short, global = true, default_value = "config/ferry.toml")]
         config: PathBuf,
         #[command(subcommand)]
         command: users_cmd::UsersCommand,
@@ -83,7 +83,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Users { config, command } => {
             let validated = config::load(&config)?;
-            users_cmd::run(command, &validated.config.data_provider.users_file)
+            users_cmd::run(command, &validated.config)
         }
         Command::HashPassword => {
             let mut input = String::new();

@@ -17,7 +17,7 @@ pub enum UsersCommand {
     /// `ferry users passwd` sets a password.
     Add {
         name: String,
-        /// Home directory; default: data/NAME next to the users file.
+        /// Home directory; default: data/NAME in the state directory.
         #[arg(long)]
         home: Option<PathBuf>,
         /// Read the password from stdin (one line).
@@ -35,7 +35,11 @@ pub enum UsersCommand {
     Remove { name: String },
 }
 
-pub fn run(command: UsersCommand, users_file: &Path) -> anyhow::Result<()> {
+/// A running server reads the users file at start and on SIGHUP only.
+const RELOAD_HINT: &str = "a running server applies it after SIGHUP (kill -HUP <pid>)";
+
+pub fn run(command: UsersCommand, config: &crate::config::Config) -> anyhow::Result<()> {
+    let users_file = config.data_provider.users_file.as_path();
     match command {
         UsersCommand::List => list(users_file),
         UsersCommand::Add {
@@ -57,6 +61,12 @@ pub fn run(command: UsersCommand, users_file: &Path) -> anyhow::Result<()> {
             for path in &key {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read public key file {}", path.display()))?;
+                if text.contains("PRIVATE KEY") {
+                    bail!(
+                        "{} is a private key; give the public key instead (usually the same name with .pub)",
+                        path.display()
+                    );
+                }
                 for line in text
                     .lines()
                     .map(str::trim)
@@ -66,11 +76,14 @@ pub fn run(command: UsersCommand, users_file: &Path) -> anyhow::Result<()> {
                 }
             }
             table["public_keys"] = value(keys);
-            let home = home.unwrap_or_else(|| PathBuf::from("data").join(&name));
+            let home = home.unwrap_or_else(|| config.common.state_dir.join("data").join(&name));
             table["home_dir"] = value(home.to_string_lossy().as_ref());
             users_array(&mut doc)?.push(table);
             write(users_file, &doc)?;
-            eprintln!("ferry: user {name:?} added to {}", users_file.display());
+            eprintln!(
+                "ferry: user {name:?} added to {}; {RELOAD_HINT}",
+                users_file.display()
+            );
             Ok(())
         }
         UsersCommand::Passwd { name } => {
@@ -83,7 +96,7 @@ pub fn run(command: UsersCommand, users_file: &Path) -> anyhow::Result<()> {
                 .with_context(|| format!("no user {name:?}"))?;
             table["password"] = value(password);
             write(users_file, &doc)?;
-            eprintln!("ferry: password of {name:?} changed");
+            eprintln!("ferry: password of {name:?} changed; {RELOAD_HINT}");
             Ok(())
         }
         UsersCommand::Remove { name } => {
@@ -92,7 +105,9 @@ pub fn run(command: UsersCommand, users_file: &Path) -> anyhow::Result<()> {
                 .with_context(|| format!("no user {name:?} in {}", users_file.display()))?;
             remove_keeping_file_comments(users_array(&mut doc)?, index);
             write(users_file, &doc)?;
-            eprintln!("ferry: user {name:?} removed; their files were left in place");
+            eprintln!(
+                "ferry: user {name:?} removed; their files were left in place; {RELOAD_HINT}"
+            );
             Ok(())
         }
     }

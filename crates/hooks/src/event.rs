@@ -137,6 +137,25 @@ impl LoginEvent {
     }
 }
 
+/// A user name as it may appear in a log line: control characters (line breaks, tabs,
+/// terminal escapes) and backslashes are escaped, so a client-chosen name cannot start a new
+/// log line or restyle a terminal. Other characters are kept, so JSON logs show the name as
+/// sent.
+pub struct LogName<'a>(pub &'a str);
+
+impl fmt::Display for LogName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            if c.is_control() || c == '\\' {
+                write!(f, "{}", c.escape_debug())?;
+            } else {
+                write!(f, "{c}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Maps an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) to plain IPv4 and leaves others as
 /// they are, so that one client has one spelling in every event and ban list.
 pub fn canonical_ip(ip: IpAddr) -> IpAddr {
@@ -186,6 +205,12 @@ mod tests {
         assert_eq!(env[2], ("SFTPGO_LOGIND_METHOD", "no_auth_tryed".to_owned()));
         assert_eq!(env[3], ("SFTPGO_LOGIND_STATUS", "0".to_owned()));
         assert_eq!(env[4], ("SFTPGO_LOGIND_PROTOCOL", "FTP".to_owned()));
+    }
+
+    #[test]
+    fn log_name_escapes_control_characters() {
+        let name = LogName("a\nb\\c\u{1b}[31m d\"e");
+        assert_eq!(name.to_string(), "a\\nb\\\\c\\u{1b}[31m d\"e");
     }
 
     #[test]

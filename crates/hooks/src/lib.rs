@@ -24,10 +24,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use config::{ClientCertificate, HookTarget, HooksConfig, HttpClientConfig, HttpHeader, Scope};
-pub use event::{LoginEvent, LoginMethod, Protocol, canonical_ip, new_connection_id};
+pub use event::{LogName, LoginEvent, LoginMethod, Protocol, canonical_ip, new_connection_id};
 pub use gate::{ConnectionLimits, ConnectionPermit, DefenderConfig, parse_net};
 pub use proxy::{ProxyError, ProxyMode, read_client_address};
 pub use queue::HookStats;
@@ -132,7 +132,7 @@ impl Hooks {
     ) -> Result<ConnectionPermit, Rejection> {
         let ip = canonical_ip(ip);
         if let Some(left) = self.inner.defender.banned(ip) {
-            info!(%protocol, %ip, connection_id, ban_left_secs = left.as_secs(), "connection from a banned address rejected");
+            debug!(%protocol, %ip, connection_id, ban_left_secs = left.as_secs(), "connection from a banned address rejected");
             return Err(Rejection::Banned(left));
         }
         let permit = self.inner.connections.try_acquire(ip, self.inner.config.limits).map_err(|reason| {
@@ -231,21 +231,24 @@ impl Hooks {
     }
 }
 
-/// Writes the login line that operators and fail2ban read. Failures are logged at warn with
-/// the stable message `login failed`, then `protocol` and `ip`. The user name is quoted and
-/// escaped (Debug), so a crafted name cannot imitate the `ip=` field for a log reader.
+/// Writes the login line that operators and fail2ban read: `login failed` at warn, or
+/// `login succeeded` at info, with `protocol` and `ip` first. The line is written outside the
+/// connection's span (`parent: None`), so in the human format it starts with the level and
+/// the target, and no client-chosen text (such as a user name recorded on the span) comes
+/// before the `ip` field. The fail2ban filter anchors on that.
 fn log_login(event: &LoginEvent) {
+    let user = LogName(&event.username);
     if event.success {
         info!(
-            target: "ferry::login",
-            protocol = %event.protocol, ip = %event.ip, user = ?event.username,
+            target: "ferry::login", parent: None,
+            protocol = %event.protocol, ip = %event.ip, user = %user,
             method = %event.method, connection_id = %event.connection_id,
             "login succeeded"
         );
     } else {
         warn!(
-            target: "ferry::login",
-            protocol = %event.protocol, ip = %event.ip, user = ?event.username,
+            target: "ferry::login", parent: None,
+            protocol = %event.protocol, ip = %event.ip, user = %user,
             method = %event.method, connection_id = %event.connection_id,
             "login failed"
         );
@@ -274,7 +277,7 @@ impl Inner {
                 .post_json(url, event.to_json(), |attempt, failure| {
                     self.counters.retried.fetch_add(1, Ordering::Relaxed);
                     warn!(
-                        protocol = %event.protocol, ip = %event.ip, user = %event.username,
+                        protocol = %event.protocol, ip = %event.ip, user = %LogName(&event.username),
                         method = %event.method, connection_id = %event.connection_id,
                         attempt, error = %failure,
                         "post-login hook request failed; retrying"
@@ -290,7 +293,7 @@ impl Inner {
             Err(error) => {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
                 warn!(
-                    protocol = %event.protocol, ip = %event.ip, user = %event.username,
+                    protocol = %event.protocol, ip = %event.ip, user = %LogName(&event.username),
                     method = %event.method, status = u8::from(event.success),
                     connection_id = %event.connection_id, %error,
                     "post-login hook failed"

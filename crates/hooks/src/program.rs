@@ -9,7 +9,8 @@ use std::time::Duration;
 #[derive(Debug)]
 pub(crate) enum ProgramFailure {
     Spawn(std::io::Error),
-    Exit(std::process::ExitStatus),
+    /// A non-zero exit, with the start of what the program wrote to stderr.
+    Exit(std::process::ExitStatus, String),
     TimedOut(Duration),
     Wait(std::io::Error),
 }
@@ -18,7 +19,12 @@ impl std::fmt::Display for ProgramFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ProgramFailure::Spawn(e) => write!(f, "failed to start: {e}"),
-            ProgramFailure::Exit(status) => write!(f, "exited with {status}"),
+            ProgramFailure::Exit(status, stderr) if stderr.is_empty() => {
+                write!(f, "exited with {status}")
+            }
+            ProgramFailure::Exit(status, stderr) => {
+                write!(f, "exited with {status}; stderr: {stderr}")
+            }
             ProgramFailure::TimedOut(limit) => {
                 write!(
                     f,
@@ -31,10 +37,14 @@ impl std::fmt::Display for ProgramFailure {
     }
 }
 
+/// The most of a failing program's stderr that is kept for the log.
+const STDERR_LIMIT: usize = 1024;
+
 /// Runs `program` with `env` added to the inherited environment and waits for it.
 ///
 /// The program leads a new process group, so that on timeout the group is killed with
 /// SIGKILL, which also ends background processes it started unless they left the group.
+/// The start of its stderr is kept so that a failure can be logged with its reason.
 pub(crate) async fn run(
     program: &Path,
     env: &[(&'static str, String)],
@@ -45,15 +55,36 @@ pub(crate) async fn run(
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
     let mut child = command.spawn().map_err(ProgramFailure::Spawn)?;
     let pid = child.id();
+    let stderr = child
+        .stderr
+        .take()
+        .map(|pipe| tokio::spawn(read_start(pipe)));
 
     match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(Ok(status)) if status.success() => Ok(()),
-        Ok(Ok(status)) => Err(ProgramFailure::Exit(status)),
+        Ok(Ok(status)) if status.success() => {
+            if let Some(task) = stderr {
+                task.abort();
+            }
+            Ok(())
+        }
+        Ok(Ok(status)) => {
+            // A background process the program started may keep the pipe open, so the
+            // read gets only a moment after the exit.
+            let text = match stderr {
+                Some(task) => tokio::time::timeout(Duration::from_millis(200), task)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default(),
+                None => String::new(),
+            };
+            Err(ProgramFailure::Exit(status, text))
+        }
         Ok(Err(e)) => Err(ProgramFailure::Wait(e)),
         Err(_) => {
             if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
@@ -66,6 +97,28 @@ pub(crate) async fn run(
             Err(ProgramFailure::TimedOut(timeout))
         }
     }
+}
+
+/// Reads up to [`STDERR_LIMIT`] bytes, then drains the rest so the program never blocks on a
+/// full pipe. Returns the text with line breaks shown as spaces, for one log line.
+async fn read_start(mut pipe: tokio::process::ChildStderr) -> String {
+    use tokio::io::AsyncReadExt;
+
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = STDERR_LIMIT.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+    String::from_utf8_lossy(&kept)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
@@ -98,9 +151,17 @@ mod tests {
     #[tokio::test]
     async fn nonzero_exit_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let hook = script(dir.path(), "hook", "exit 3");
+        let hook = script(
+            dir.path(),
+            "hook",
+            "echo 'cannot write /var/lib/x' >&2\nexit 3",
+        );
         let err = run(&hook, &[], Duration::from_secs(5)).await.unwrap_err();
-        assert!(matches!(err, ProgramFailure::Exit(s) if s.code() == Some(3)));
+        assert!(matches!(&err, ProgramFailure::Exit(s, _) if s.code() == Some(3)));
+        assert!(
+            err.to_string().ends_with("stderr: cannot write /var/lib/x"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

@@ -90,7 +90,7 @@ impl Queue {
         if state.closed {
             counters.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
-                protocol = %event.protocol, ip = %event.ip, user = %event.username,
+                protocol = %event.protocol, ip = %event.ip, user = %crate::LogName(&event.username),
                 method = %event.method, connection_id = %event.connection_id,
                 "post-login hook event dropped because the server is shutting down"
             );
@@ -109,7 +109,7 @@ impl Queue {
                     dropped = state.unreported_drops,
                     total_dropped = counters.dropped.load(Ordering::Relaxed),
                     queue_size = self.capacity,
-                    protocol = %oldest.protocol, ip = %oldest.ip, user = %oldest.username,
+                    protocol = %oldest.protocol, ip = %oldest.ip, user = %crate::LogName(&oldest.username),
                     method = %oldest.method, connection_id = %oldest.connection_id,
                     "post-login hook queue full; oldest events dropped"
                 );

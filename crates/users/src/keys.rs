@@ -30,9 +30,23 @@ impl AuthorizedKey {
     pub fn parse(line: &str) -> Result<AuthorizedKey, String> {
         let mut fields = line.split_whitespace();
         let algorithm = fields.next().ok_or("empty key")?;
+        if line.contains("PRIVATE KEY") {
+            return Err("this is a private key; give the public key (the .pub file)".into());
+        }
         if !KEY_TYPES.contains(&algorithm) {
+            // Echo the type only when it looks like one, so that a pasted secret is not
+            // printed back in an error message.
+            let shown = if algorithm.len() <= 40
+                && algorithm
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-@._".contains(c))
+            {
+                format!("{algorithm:?}")
+            } else {
+                "(not a key type)".to_owned()
+            };
             return Err(format!(
-                "unsupported key type {algorithm:?}; expected one of {}",
+                "unsupported key type {shown}; expected one of {}",
                 KEY_TYPES.join(", ")
             ));
         }
@@ -90,6 +104,17 @@ mod tests {
     fn options_rejected() {
         let err = AuthorizedKey::parse(&format!("from=\"10.0.0.1\" {ED25519}")).unwrap_err();
         assert!(err.contains("unsupported key type"), "{err}");
+    }
+
+    #[test]
+    fn private_key_rejected_without_echo() {
+        let err = AuthorizedKey::parse("-----BEGIN OPENSSH PRIVATE KEY-----").unwrap_err();
+        assert!(err.contains(".pub"), "{err}");
+        let err = AuthorizedKey::parse(
+            "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW",
+        )
+        .unwrap_err();
+        assert!(!err.contains("b3BlbnNz"), "{err}");
     }
 
     #[test]
