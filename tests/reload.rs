@@ -106,7 +106,7 @@ fn users_changes_apply_on_hangup() {
     let reloaded = hangup(&server, RELOADED);
     assert_eq!(reloaded["users"], 3);
     assert_logins(&server, "carol", "carol-pw", true);
-    assert!(server.root().join("data/carol").is_dir());
+    assert!(server.root().join("state/data/carol").is_dir());
 
     ferry_users(&server, &["passwd", "carol"], "carol-new\n");
     assert_logins(&server, "carol", "carol-new", false);
