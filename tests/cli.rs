@@ -66,6 +66,26 @@ fn check_config_lists_every_error() {
 }
 
 #[test]
+fn check_config_names_missing_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[common]\nstate_dir = \"users.toml\"\n\
+                  [sftpd]\nbindings = []\nhost_keys = [\"keys/missing\"]\n\
+                  [ftpd]\nbindings = []\ncertificate_file = \"nope.pem\"\ncertificate_key_file = \"nope.key\"\n\
+                  [webdavd]\nbindings = []\n";
+    let output = check_config(dir.path(), config);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for key in [
+        "sftpd.host_keys[0]",
+        "ftpd.certificate_file",
+        "ftpd.certificate_key_file",
+        "common.state_dir",
+    ] {
+        assert!(stderr.contains(key), "{key} missing in: {stderr}");
+    }
+}
+
+#[test]
 fn check_config_rejects_unknown_key() {
     let dir = tempfile::tempdir().unwrap();
     let output = check_config(

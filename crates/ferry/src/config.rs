@@ -155,6 +155,7 @@ pub fn load(path: &Path) -> anyhow::Result<Validated> {
     config.webdavd.validate("webdavd", &mut errors);
     config.defender.validate("defender", &mut errors);
     check_listeners(&config, &mut errors);
+    check_files(&config, &mut errors);
     if !errors.is_empty() {
         bail!(
             "invalid configuration in {}:\n  {}",
@@ -268,6 +269,56 @@ fn check_listeners(config: &Config, errors: &mut Vec<String>) {
                 "{section}.bindings: {address}:{port} is used by more than one listener"
             ));
         }
+    }
+}
+
+/// Checks that every file the configuration names can be read, so that `check-config` finds
+/// a missing key or certificate file and names its key. The services still parse each file
+/// when they start.
+fn check_files(config: &Config, errors: &mut Vec<String>) {
+    let mut files: Vec<(String, &Path)> = Vec::new();
+    for (i, path) in config.sftpd.host_keys.iter().enumerate() {
+        files.push((format!("sftpd.host_keys[{i}]"), path));
+    }
+    for (section, cert, key) in [
+        (
+            "ftpd",
+            &config.ftpd.certificate_file,
+            &config.ftpd.certificate_key_file,
+        ),
+        (
+            "webdavd",
+            &config.webdavd.certificate_file,
+            &config.webdavd.certificate_key_file,
+        ),
+    ] {
+        files.push((format!("{section}.certificate_file"), cert));
+        files.push((format!("{section}.certificate_key_file"), key));
+    }
+    for (i, path) in config.httpclient.ca_certificates.iter().enumerate() {
+        files.push((format!("httpclient.ca_certificates[{i}]"), path));
+    }
+    for (i, pair) in config.httpclient.certificates.iter().enumerate() {
+        files.push((format!("httpclient.certificates[{i}].cert"), &pair.cert));
+        files.push((format!("httpclient.certificates[{i}].key"), &pair.key));
+    }
+    for (key, path) in files {
+        if path.as_os_str().is_empty() {
+            continue;
+        }
+        if let Err(e) = std::fs::File::open(path) {
+            errors.push(format!(
+                "{key} = {:?}: cannot read the file: {e}",
+                path.display().to_string()
+            ));
+        }
+    }
+    let state = &config.common.state_dir;
+    if state.exists() && !state.is_dir() {
+        errors.push(format!(
+            "common.state_dir = {:?}: exists and is not a directory",
+            state.display().to_string()
+        ));
     }
 }
 
