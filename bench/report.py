@@ -76,7 +76,7 @@ def main():
     print("# Ferry benchmark run\n")
     print("| | |\n|---|---|")
     for key, value in header:
-        value = f"`{value}`" if key == "command" else value
+        value = f"`{value}`" if key == "command" else value.replace("|", "\\|")
         print(f"| {key} | {value} |")
 
     workloads = []

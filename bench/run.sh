@@ -72,8 +72,10 @@ done
 
 if [ $QUICK = 1 ]; then
     BULK_MIB=64 SMALL_FILES=100 LIST_ENTRIES=1000 LISTINGS=5 LOGINS=20 SESSIONS=100
+    CURL_RETRIEVALS=10
 else
     BULK_MIB=1024 SMALL_FILES=1000 LIST_ENTRIES=10000 LISTINGS=10 LOGINS=100 SESSIONS=1000
+    CURL_RETRIEVALS=20
 fi
 QUIET_CORES=${QUIET_CORES:-0.3}
 QUIET_TIMEOUT=${QUIET_TIMEOUT:-600}
@@ -88,9 +90,10 @@ FERRY=$REPO_DIR/target/release/ferry
 
 [ "$(id -u)" = 0 ] || die "run as root: the peers need a system account, and the servers need cgroups"
 [ -w "$CPUACCT" ] || die "$CPUACCT is not writable; cgroup v1 cpuacct must be mounted there"
-require_commands sshd sftp ssh-keygen vsftpd apache2 nginx htpasswd curl openssl python3 ss \
+require_commands sshd sftp ssh-keygen vsftpd apache2 nginx htpasswd curl lftp openssl python3 ss \
     timeout setsid awk chpasswd useradd
-python3 -c 'import paramiko' 2>/dev/null || die "python3 cannot import paramiko (apt-get install python3-paramiko)"
+python3 -c 'import paramiko' 2>/dev/null ||
+    die "python3 cannot import paramiko (apt-get install python3-paramiko)"
 [ -f /usr/lib/nginx/modules/ngx_http_dav_ext_module.so ] ||
     die "nginx dav-ext module missing (apt-get install libnginx-mod-http-dav-ext)"
 # 1,000 idle sessions need more descriptors than the usual 1,024, in the servers and in the
@@ -159,7 +162,9 @@ fi
 BENCH_PASSWORD=$(openssl rand -hex 12)
 echo "$BENCH_USER:$BENCH_PASSWORD" | chpasswd || die "cannot set the password of $BENCH_USER"
 FERRY_PASSWORD_HASH=$(printf '%s\n' "$BENCH_PASSWORD" | "$FERRY" hash-password)
-add_check "password hashes: Ferry \$$(cut -d '$' -f 2-4 <<<"$FERRY_PASSWORD_HASH")\$..., vsftpd's account \$$(getent shadow "$BENCH_USER" | cut -d: -f2 | cut -d '$' -f 2-3)\$..."
+ferry_hash_kind=$(cut -d '$' -f 2-4 <<<"$FERRY_PASSWORD_HASH")
+account_hash_kind=$(getent shadow "$BENCH_USER" | cut -d: -f2 | cut -d '$' -f 2-3)
+add_check "password hashes: Ferry \$$ferry_hash_kind\$..., vsftpd's account \$$account_hash_kind\$..."
 ssh-keygen -q -t ed25519 -N '' -C ferry-bench -f "$STATE/client_key"
 mkdir -p "$STATE/tls"
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 \
@@ -180,15 +185,22 @@ package_version() { dpkg-query -W -f '${Version}' "$1" 2>/dev/null || echo unkno
     echo "memory	$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
     echo "kernel	$(uname -sr)"
     echo "load before start	$(cut -d ' ' -f 1-3 /proc/loadavg)"
-    echo "runs	$RUNS per figure (median); $BULK_MIB MiB files, $SMALL_FILES small files, $LIST_ENTRIES entries, $LOGINS logins, $SESSIONS sessions"
-    echo "ferry	$("$FERRY" --version) at $(git -C "$REPO_DIR" rev-parse --short HEAD)$(git -C "$REPO_DIR" diff --quiet HEAD -- crates || echo ' with uncommitted changes in crates/')"
+    echo "runs	$RUNS per figure (median); $BULK_MIB MiB files, $SMALL_FILES small files," \
+        "$LIST_ENTRIES entries, $LOGINS logins, $SESSIONS sessions"
+    changes=""
+    git -C "$REPO_DIR" diff --quiet HEAD -- crates || changes=" with uncommitted changes in crates/"
+    echo "ferry	$("$FERRY" --version), built $(date -u -r "$FERRY" '+%Y-%m-%d %H:%M UTC');" \
+        "checkout at $(git -C "$REPO_DIR" rev-parse --short HEAD)$changes"
     echo "openssh	$(first_line /usr/sbin/sshd -V) (Debian $(package_version openssh-server))"
     echo "vsftpd	$(/usr/sbin/vsftpd -v 0>&1 | head -n 1) (Debian $(package_version vsftpd))"
     echo "apache	$(first_line /usr/sbin/apache2 -v) (Debian $(package_version apache2))"
-    echo "nginx	$(first_line /usr/sbin/nginx -v) (Debian $(package_version nginx)), dav-ext $(package_version libnginx-mod-http-dav-ext)"
+    echo "nginx	$(first_line /usr/sbin/nginx -v) (Debian $(package_version nginx))," \
+        "dav-ext $(package_version libnginx-mod-http-dav-ext)"
     echo "curl	$(first_line curl --version)"
+    echo "lftp	$(lftp --version | sed -n 's/.*Version \([0-9.]*\).*/lftp \1/p' | head -n 1)"
     echo "sftp client	$(first_line ssh -V)"
-    echo "python	$(python3 --version 2>&1), paramiko $(python3 -c 'import paramiko; print(paramiko.__version__)')"
+    echo "python	$(python3 --version 2>&1)," \
+        "paramiko $(python3 -c 'import paramiko; print(paramiko.__version__)')"
 } >"$OUT/header.tsv"
 
 log "results go to $OUT"

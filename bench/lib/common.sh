@@ -20,7 +20,8 @@ require_commands() {
     for name in "$@"; do
         command -v "$name" >/dev/null 2>&1 || missing+=("$name")
     done
-    [ ${#missing[@]} -eq 0 ] || die "commands not found: ${missing[*]} (see docs/benchmarks.md for the packages)"
+    [ ${#missing[@]} -eq 0 ] ||
+        die "commands not found: ${missing[*]} (see docs/benchmarks.md for the packages)"
 }
 
 # Arithmetic on decimal numbers through awk, which bash lacks.
@@ -50,7 +51,8 @@ CPUACCT=${CPUACCT:-/sys/fs/cgroup/cpuacct}
 CGROUP_ROOT=$CPUACCT/ferry-bench-$$
 
 cgroup_create() {
-    mkdir -p "$CGROUP_ROOT/$1" || die "cannot create cgroup $CGROUP_ROOT/$1; run as root on a host with cgroup v1 cpuacct mounted at $CPUACCT"
+    mkdir -p "$CGROUP_ROOT/$1" ||
+        die "cannot create cgroup $CGROUP_ROOT/$1; run as root with cgroup v1 cpuacct at $CPUACCT"
 }
 
 # cgroup_cpu NAME: CPU seconds (user + system) used by the group so far.
@@ -115,7 +117,8 @@ wait_for_quiet() {
             return 0
         fi
         if [ $announced = 0 ]; then
-            log "other processes use $QUIET_BUSY cores; waiting for less than $QUIET_CORES (at most ${QUIET_TIMEOUT}s)"
+            log "other processes use $QUIET_BUSY cores; waiting for less than $QUIET_CORES" \
+                "(at most ${QUIET_TIMEOUT}s)"
             announced=1
         fi
     done
@@ -149,12 +152,14 @@ measure_run() {
         RUN_CPU=$(calc "$(cgroup_cpu "$server") - $srv0")
         RUN_CLIENT=$(calc "$(cgroup_cpu clients) - $cli0")
         RUN_OTHER=$(calc "$task1 - $task0 - $RUN_CPU - $RUN_CLIENT")
-        if awk -v o="$RUN_OTHER" -v l="$OTHER_LIMIT" -v w="$RUN_WALL" 'BEGIN { exit !(o <= l + 0.05 * w) }'; then
+        if awk -v o="$RUN_OTHER" -v l="$OTHER_LIMIT" -v w="$RUN_WALL" \
+            'BEGIN { exit !(o <= l + 0.05 * w) }'; then
             return 0
         fi
         if ((attempt == RERUNS)); then
             RUN_DISTURBED=1
-            warn "other processes used ${RUN_OTHER}s of CPU during the run; no undisturbed run after $RERUNS repeats, keeping this one"
+            warn "other processes used ${RUN_OTHER}s of CPU during the run;" \
+                "no undisturbed run after $RERUNS repeats, keeping this one"
             return 0
         fi
         warn "other processes used ${RUN_OTHER}s of CPU during the run; measuring again"

@@ -84,10 +84,13 @@ memory_run() {
         warn "$name: only $open_conns of $SESSIONS connections were still open when memory was read"
         return 1
     fi
-    add_run "$workload" "$name" "$(calc "($rss - $base_rss) / $SESSIONS")" "$(calc "$RUN_CPU * 1000 / $SESSIONS")"
+    add_run "$workload" "$name" "$(calc "($rss - $base_rss) / $SESSIONS")" \
+        "$(calc "$RUN_CPU * 1000 / $SESSIONS")"
     add_run "$workload, marginal" "$name" "$(calc "($rss - $half_rss) / ($SESSIONS - $half)")" \
         "$(calc "$RUN_CPU * 1000 / $SESSIONS")"
-    MEMORY_NOTE[$workload|$name]="PSS $(calc "($pss - $base_pss) / $SESSIONS") KiB/session; RSS idle $base_rss KiB, at $half sessions $half_rss KiB, at $SESSIONS sessions $rss KiB; $processes processes and $threads threads"
+    MEMORY_NOTE[$workload|$name]="PSS $(calc "($pss - $base_pss) / $SESSIONS") KiB/session;"
+    MEMORY_NOTE[$workload|$name]+=" RSS idle $base_rss KiB, at $half sessions $half_rss KiB,"
+    MEMORY_NOTE[$workload|$name]+=" at $SESSIONS sessions $rss KiB; $processes processes and $threads threads"
 }
 
 stop_idle_helper() {
@@ -100,7 +103,7 @@ stop_idle_helper() {
 declare -A MEMORY_NOTE=()
 
 section_memory() {
-    local run name protocol workload peer ferry_port
+    local run name protocol workload peer ferry_port note
     for protocol in ssh ftp dav; do
         case $protocol in
             ssh) peer=openssh workload="idle SSH session memory" ;;
@@ -136,8 +139,9 @@ section_memory() {
             stop_server "$peer"
         done
         for name in ferry "$peer"; do
-            record "$workload" "$name" KiB/session lower "ms/login" \
-                "RSS of the cgroup minus the idle server, over $SESSIONS sessions; last run: ${MEMORY_NOTE[$workload|$name]:-none}"
+            note="RSS of the cgroup minus the idle server, over $SESSIONS sessions;"
+            note+=" last run: ${MEMORY_NOTE[$workload|$name]:-none}"
+            record "$workload" "$name" KiB/session lower "ms/login" "$note"
             record "$workload, marginal" "$name" KiB/session lower "ms/login" \
                 "RSS growth from $((SESSIONS / 2)) to $SESSIONS sessions, per added session"
         done

@@ -376,7 +376,8 @@ http {
     }
 }
 CONF
-    /usr/sbin/nginx -t -q -p "$dir/" -e "$dir/error.log" -c "$dir/nginx.conf" || die "nginx rejected $dir/nginx.conf"
+    /usr/sbin/nginx -t -q -p "$dir/" -e "$dir/error.log" -c "$dir/nginx.conf" ||
+        die "nginx rejected $dir/nginx.conf"
     launch "$name" "$dir/nginx.log" /usr/sbin/nginx -p "$dir/" -e "$dir/error.log" -c "$dir/nginx.conf"
     await_ports "$name" "$dir/nginx.log" "$DAV_PORT"
 }

@@ -78,14 +78,17 @@ dav_propfind() {
     fi
 }
 
-# dav_propfind_check NAME PORT: one PROPFIND must return every member and the folder.
+# dav_propfind_check NAME PORT: one PROPFIND must return every member and the folder. The
+# size of the reply is noted because each server sends a different set of properties.
 dav_propfind_check() {
-    local count
-    count=$(dav_curl -X PROPFIND -H 'Depth: 1' -H 'Content-Type: application/xml' \
-        --data-binary "$PROPFIND_BODY" "http://127.0.0.1:$2/list/" |
-        grep -o -i '<[a-z0-9]*:\{0,1\}response[ >]' | wc -l)
+    local reply=$CLIENT_DIR/propfind.xml count
+    dav_curl -X PROPFIND -H 'Depth: 1' -H 'Content-Type: application/xml' \
+        --data-binary "$PROPFIND_BODY" -o "$reply" "http://127.0.0.1:$2/list/"
+    count=$(grep -o -i '<[a-z0-9]*:\{0,1\}response[ >]' "$reply" | wc -l)
     [ "$count" = $((LIST_ENTRIES + 1)) ] ||
         die "$1: PROPFIND returned $count responses, expected $((LIST_ENTRIES + 1))"
+    add_check "PROPFIND Depth 1 with $1: $count responses in $(stat -c %s "$reply") bytes"
+    rm -f "$reply"
 }
 
 section_webdav() {
