@@ -1,8 +1,8 @@
 # shellcheck shell=bash
 # FTP: 1 GiB STOR and RETR in plain FTP and explicit FTPS, and LIST and MLSD of a folder
-# with many entries, against Ferry and vsftpd. The client is lftp in passive mode; curl
-# checks the files, logs in for the logins section, and has a workload of its own because
-# of the wait described at ftp_curl_retr.
+# with many entries, against Ferry and vsftpd. Transfers use lftp and listings Python's
+# ftplib, both in passive mode. curl checks the files, logs in for the logins section, and
+# has a workload of its own because of the wait described at ftp_curl_retr.
 
 # ftp_curl ARGS...: curl with the bench user's credentials, failing on FTP errors.
 ftp_curl() {
@@ -85,16 +85,22 @@ ftp_curl_retr() {
     fi
 }
 
-# ftp_listing NAME PORT COMMAND: $LISTINGS listings of the folder `list` in one lftp
-# session, one data connection each. COMMAND LIST uses `ls`; MLSD uses `cls`, which sends
-# MLSD to a server that offers it.
+# ftplib_listings PORT COMMAND TIME_FILE: $LISTINGS listings of the folder `list` with
+# COMMAND (LIST or MLSD) in one ftplib session, one data connection each. The client writes
+# the seconds from connect to the last listing, without the interpreter's start-up.
+ftplib_listings() {
+    timeout "$CLIENT_TIMEOUT" python3 "$BENCH_DIR/ftp_listings.py" --port "$1" \
+        --user "$BENCH_USER" --password "$BENCH_PASSWORD" --command "$2" --path list \
+        --count "$LISTINGS" --expect "$LIST_ENTRIES" --match 'e[0-9]{5}' --time-file "$3" \
+        2>>"$LOGS/ftp-client.log"
+}
+
 ftp_listing() {
-    local name=$1 port=$2 command=$3 i listing="ls list" commands="set ftp:use-mlsd on;"
-    [ "$command" = LIST ] || listing="cls -1 list"
-    for ((i = 0; i < LISTINGS; i++)); do commands+=" $listing >/dev/null;"; done
-    if measure_run "$name" : ftp_lftp "$port" plain "$commands"; then
-        add_run "ftp $command $LIST_ENTRIES entries" "$name" "$(calc "$RUN_WALL * 1000 / $LISTINGS")" \
-            "$(calc "$RUN_CPU * 1000 / $LISTINGS")"
+    local name=$1 port=$2 command=$3 time_file=$STATE/listing.time
+    rm -f "$time_file"
+    if measure_run "$name" : ftplib_listings "$port" "$command" "$time_file"; then
+        add_run "ftp $command $LIST_ENTRIES entries" "$name" \
+            "$(calc "$(cat "$time_file") * 1000 / $LISTINGS")" "$(calc "$RUN_CPU * 1000 / $LISTINGS")"
     fi
 }
 
@@ -147,7 +153,7 @@ section_ftp() {
         done
         rounds "ftp $command of $LIST_ENTRIES entries" "$measured" ftp_listing "$command"
         record_each "$measured" "ftp $command $LIST_ENTRIES entries" ms lower "ms/listing" \
-            "per listing; $LISTINGS listings in one lftp session, login included"
+            "per listing; $LISTINGS listings in one ftplib session, login included"
     done
 
     stop_server ferry
