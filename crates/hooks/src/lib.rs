@@ -180,10 +180,18 @@ impl Hooks {
         })
     }
 
+    /// Returns whether `ip` is banned now. Connections are checked when they open; the login
+    /// path checks again, so that a connection that was open when its address got banned
+    /// cannot log in.
+    pub fn is_banned(&self, ip: IpAddr) -> bool {
+        self.inner.defender.banned(canonical_ip(ip)).is_some()
+    }
+
     /// Logs a login event and queues it for the post-login hook when the scope includes it.
     /// Returns at once; delivery happens in the background.
     pub fn login(&self, mut event: LoginEvent) {
         event.ip = canonical_ip(event.ip);
+        event.username = deliverable_name(&event.username);
         log_login(&event);
         if !event.success {
             self.inner.defender.record_failure(event.ip);
@@ -229,6 +237,26 @@ impl Hooks {
         );
         stats
     }
+}
+
+/// Longest user name, in bytes, that events carry. Valid names are at most 255 bytes, so a
+/// longer one is an attack or an accident; cutting it keeps every event deliverable (an
+/// environment variable has a size limit) and every log line short.
+const MAX_EVENT_NAME: usize = 256;
+
+/// Returns the user name as events carry it: NUL bytes, which no environment variable can
+/// hold, become U+FFFD, and a name longer than [`MAX_EVENT_NAME`] bytes is cut at a character
+/// boundary and ends with `…`.
+fn deliverable_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len().min(MAX_EVENT_NAME + 3));
+    for c in name.chars() {
+        if out.len() + c.len_utf8() > MAX_EVENT_NAME {
+            out.push('…');
+            break;
+        }
+        out.push(if c == '\0' { '\u{fffd}' } else { c });
+    }
+    out
 }
 
 /// Writes the login line that operators and fail2ban read: `login failed` at warn, or
@@ -300,5 +328,27 @@ impl Inner {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_replaced_in_names() {
+        assert_eq!(deliverable_name("a\0b"), "a\u{fffd}b");
+    }
+
+    #[test]
+    fn long_names_cut() {
+        let name = deliverable_name(&"é".repeat(1000));
+        assert!(
+            name.len() <= MAX_EVENT_NAME + '…'.len_utf8(),
+            "{}",
+            name.len()
+        );
+        assert!(name.ends_with('…'));
+        assert_eq!(deliverable_name("alice"), "alice");
     }
 }

@@ -61,6 +61,8 @@ pub enum Denied {
     MethodNotAllowed,
     #[error("too many concurrent sessions")]
     TooManySessions,
+    #[error("client address banned after repeated login failures")]
+    AddressBanned,
 }
 
 /// Where a login comes from and how it authenticated.
@@ -79,6 +81,8 @@ pub struct UserStore {
     /// A real hash, checked when the user name is unknown so that the reply takes as long
     /// as for a known user and does not reveal which names exist.
     decoy: StoredPassword,
+    /// Password checks that may run at once.
+    hashing: tokio::sync::Semaphore,
 }
 
 impl UserStore {
@@ -99,6 +103,7 @@ impl UserStore {
             users: RwLock::new(Arc::new(users)),
             sessions: Arc::new(Mutex::new(HashMap::new())),
             decoy,
+            hashing: tokio::sync::Semaphore::new(parallel_hashes()),
         })
     }
 
@@ -138,6 +143,11 @@ impl UserStore {
         let stored = user.as_ref().and_then(|u| u.password.clone());
         let decoy = self.decoy.clone();
         let password = password.to_owned();
+        // Each check takes about 19 MiB and a core for tens of milliseconds; a bounded number
+        // run at once, so a flood of guesses queues instead of exhausting memory.
+        let Ok(_permit) = self.hashing.acquire().await else {
+            return None;
+        };
         let matched = tokio::task::spawn_blocking(move || match stored {
             Some(stored) => stored.verify(&password),
             None => {
@@ -260,6 +270,13 @@ impl std::fmt::Debug for UserStore {
 /// users or every problem found. `base` resolves relative home directories.
 pub fn check_users_text(text: &str, base: &Path) -> Result<usize, Vec<String>> {
     file::parse(text, base).map(|users| users.len())
+}
+
+/// Password checks allowed at once: one per core, at least two.
+fn parallel_hashes() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .max(2)
 }
 
 fn read_users(path: &Path) -> Result<HashMap<String, Arc<User>>, Error> {

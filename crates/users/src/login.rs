@@ -60,6 +60,9 @@ impl Logins {
         user: Arc<User>,
         context: &LoginContext,
     ) -> Result<Session, LoginError> {
+        if self.hooks.is_banned(context.ip) {
+            return Err(Denied::AddressBanned.into());
+        }
         self.store.authorize(&user, context)?;
         let guard = self.store.open_session(&user)?;
         let vfs = Vfs::open_with_limits(

@@ -49,7 +49,8 @@ impl From<io::Error> for VfsError {
             K::NotADirectory => VfsError::NotADirectory,
             K::IsADirectory => VfsError::IsADirectory,
             K::DirectoryNotEmpty => VfsError::DirectoryNotEmpty,
-            K::StorageFull | K::QuotaExceeded => VfsError::StorageFull,
+            K::StorageFull => VfsError::StorageFull,
+            K::QuotaExceeded => VfsError::QuotaExceeded,
             K::InvalidFilename => VfsError::InvalidPath(error.to_string()),
             _ => match error.raw_os_error() {
                 Some(code) if code == libc_eloop() => VfsError::PermissionDenied,

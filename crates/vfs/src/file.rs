@@ -107,6 +107,9 @@ pub struct FileWriter {
     /// Every write goes to the end of the file.
     append: bool,
     limits: WriterLimits,
+    /// A write or resize failed, so the file lacks data the client sent and must not be
+    /// published.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 /// The user's quota and bandwidth limits that a writer applies.
@@ -132,6 +135,7 @@ impl FileWriter {
             committed: false,
             append,
             limits,
+            failed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -143,6 +147,15 @@ impl FileWriter {
     /// is ignored and the data goes to the end. Fails with [`VfsError::QuotaExceeded`] when
     /// the file would grow past the user's quota, and waits for the upload limit first.
     pub async fn write_at(&self, offset: u64, data: Vec<u8>) -> Result<(), VfsError> {
+        let result = self.write_at_unchecked(offset, data).await;
+        if result.is_err() {
+            self.failed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn write_at_unchecked(&self, offset: u64, data: Vec<u8>) -> Result<(), VfsError> {
         let len = data.len() as u64;
         if let Some(charge) = &self.limits.charge {
             if self.append {
@@ -175,11 +188,22 @@ impl FileWriter {
 
     /// Truncates or extends the file; an extension counts against the user's quota.
     pub async fn set_len(&self, len: u64) -> Result<(), VfsError> {
-        if let Some(charge) = &self.limits.charge {
-            charge.set_len(len)?;
+        let result = match &self.limits.charge {
+            Some(charge) => charge.set_len(len),
+            None => Ok(()),
+        };
+        let result = match result {
+            Ok(()) => {
+                let file = Arc::clone(&self.file);
+                blocking(move || file.set_len(len)).await
+            }
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            self.failed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        let file = Arc::clone(&self.file);
-        blocking(move || file.set_len(len)).await
+        result
     }
 
     /// Flushes written data to stable storage.
@@ -209,13 +233,19 @@ impl FileWriter {
 
     /// Publishes the upload: renames the temporary file over the target in atomic mode.
     ///
-    /// After a write failed on the quota the file lacks data that the client sent, so it is
-    /// not published: this fails with [`VfsError::QuotaExceeded`], and in atomic mode the
+    /// After a failed write the file lacks data that the client sent, so it is not published:
+    /// this fails ([`VfsError::QuotaExceeded`] after a quota failure), and in atomic mode the
     /// target stays as it was.
     pub async fn commit(mut self) -> Result<(), VfsError> {
         if self.limits.charge.as_ref().is_some_and(|c| c.exceeded()) {
             tracing::debug!(path = %self.path, "upload not published: a write exceeded the quota");
             return Err(VfsError::QuotaExceeded);
+        }
+        if self.failed.load(std::sync::atomic::Ordering::Relaxed) {
+            tracing::debug!(path = %self.path, "upload not published: a write failed");
+            return Err(VfsError::Io(io::Error::other(
+                "an earlier write to this file failed, so the upload was not published",
+            )));
         }
         self.committed = true;
         let staging = std::mem::replace(&mut self.staging, Staging::InPlace);
@@ -236,6 +266,24 @@ impl FileWriter {
         };
         blocking(move || {
             let size = charge.as_ref().map(|_| file_size(&file));
+            // What the rename replaces, as it is now rather than when the upload began.
+            let replaced = charge.as_ref().and_then(|_| {
+                parent
+                    .symlink_metadata(&target_name)
+                    .ok()
+                    .filter(|meta| meta.is_file())
+                    .map(|meta| meta.len())
+            });
+            if let (Some(charge), Some(Ok(size))) = (&charge, &size)
+                && charge.check_publish(*size, replaced).is_err()
+            {
+                let _ = parent.remove_file(&temp_name);
+                charge.finish(None);
+                return Err(io::Error::new(
+                    io::ErrorKind::QuotaExceeded,
+                    "quota exceeded",
+                ));
+            }
             let result = if exclusive {
                 rustix::fs::renameat_with(
                     &parent,
@@ -253,8 +301,8 @@ impl FileWriter {
             }
             if let Some(charge) = charge {
                 match (&result, size) {
-                    (Ok(()), Some(Ok(size))) => charge.finish(Some(size)),
-                    (Ok(()), _) => charge.finish(Some(charge.size())),
+                    (Ok(()), Some(Ok(size))) => charge.finish_replacing(size, replaced),
+                    (Ok(()), _) => charge.finish_replacing(charge.size(), replaced),
                     (Err(_), _) => charge.finish(None),
                 }
             }

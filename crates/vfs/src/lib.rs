@@ -343,12 +343,22 @@ impl Vfs {
                 UploadMode::Atomic => {
                     let (temp_name, file) = create_temp(&parent, options.append)?;
                     let file = file.into_std();
-                    if existing.is_some()
-                        && !options.truncate
-                        && let Err(e) = copy_existing(&parent, &name, &file)
-                    {
-                        let _ = parent.remove_file(&temp_name);
-                        return Err(e);
+                    if let Some(meta) = &existing {
+                        // The replacement keeps the target's mode: a private file must not
+                        // become readable by others because it was overwritten.
+                        use std::os::unix::fs::PermissionsExt;
+                        let mode = std::fs::Permissions::from_mode(meta.permissions() & 0o777);
+                        let prepared = file.set_permissions(mode).and_then(|()| {
+                            if options.truncate {
+                                Ok(())
+                            } else {
+                                copy_existing(&parent, &name, &file)
+                            }
+                        });
+                        if let Err(e) = prepared {
+                            let _ = parent.remove_file(&temp_name);
+                            return Err(e);
+                        }
                     }
                     let staging = Staging::Temporary {
                         parent,
@@ -567,12 +577,23 @@ impl Vfs {
     }
 
     /// Creates a symlink at `link` pointing to `target`, which is a client path: absolute
-    /// paths mean paths in the home. The link is stored relative to its folder so that it
-    /// resolves inside the home, and a relative target that climbs above the home is refused.
+    /// paths mean paths in the home. The target must lie in the link's own folder or below
+    /// it, and the link stores it as a relative path without `..`.
+    ///
+    /// A link may only point down because a stored `..` climbs the folders on disk, not the
+    /// path the client used: below a symlinked folder, or after the link is renamed into
+    /// another folder, a link with `..` could point out of the home for every program that
+    /// follows it outside Ferry (backups, web servers, a shell). A link without `..` stays
+    /// inside the folder that holds it, wherever that folder is.
     pub async fn symlink(&self, target: &str, link: &VPath) -> Result<(), VfsError> {
         self.check(link, Permission::CreateSymlinks)?;
-        let resolved = resolve_link_target(&link.parent(), target)?;
+        let folder = link.parent();
+        let resolved = resolve_link_target(&folder, target)?;
         check_not_temp(&resolved)?;
+        if resolved == folder || !resolved.starts_with(&folder) {
+            tracing::debug!(%link, target, "symlink rejected: its target is not below the link's folder");
+            return Err(VfsError::PermissionDenied);
+        }
         let stored = link.relative_link_to(&resolved);
         let rel = link.to_relative();
         self.run(move |root| root.symlink(&stored, &rel)).await
@@ -689,18 +710,44 @@ fn create_temp(parent: &Dir, append: bool) -> io::Result<(String, cap_std::fs::F
 }
 
 /// Copies the current content of `name` into the temporary file, so that a resumed upload
-/// in atomic mode starts from what is already there. On Linux `io::copy` between files uses
-/// `copy_file_range`, which copies inside the kernel.
+/// in atomic mode starts from what is already there. Only the data extents are copied (found
+/// with `SEEK_DATA` and `SEEK_HOLE`) and the length is set at the end, so a sparse file stays
+/// sparse: otherwise one write far beyond the end of a file, then an open for writing, would
+/// fill the disk with zeros.
 fn copy_existing(parent: &Dir, name: &str, temp: &File) -> io::Result<()> {
-    let mut source = parent.open(name)?.into_std();
-    let mut target = temp;
-    io::copy(&mut source, &mut target)?;
-    // Later positional writes do not depend on the cursor, but appends and streams do.
-    use std::io::Seek;
-    target.seek(io::SeekFrom::End(0))?;
-    if let Ok(meta) = source.metadata() {
-        let _ = temp.set_permissions(meta.permissions());
+    use std::os::unix::fs::FileExt;
+
+    let source = parent.open(name)?.into_std();
+    let len = source.metadata()?.len();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    while offset < len {
+        let data_start = match rustix::fs::seek(&source, rustix::fs::SeekFrom::Data(offset)) {
+            Ok(start) => start,
+            // ENXIO: no data after `offset`, only a hole up to the end.
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let data_end = rustix::fs::seek(&source, rustix::fs::SeekFrom::Hole(data_start))?.min(len);
+        let mut at = data_start;
+        while at < data_end {
+            let want = usize::try_from(data_end - at)
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
+            let n = source.read_at(&mut buf[..want], at)?;
+            if n == 0 {
+                break;
+            }
+            temp.write_all_at(&buf[..n], at)?;
+            at += n as u64;
+        }
+        offset = data_end;
     }
+    temp.set_len(len)?;
+    // Positional writes do not depend on the cursor, but appends and streams do.
+    use std::io::Seek;
+    let mut cursor = temp;
+    cursor.seek(io::SeekFrom::End(0))?;
     Ok(())
 }
 

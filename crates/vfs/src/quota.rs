@@ -307,6 +307,59 @@ impl Charge {
     }
 }
 
+impl Charge {
+    /// Checks, just before an atomic upload is renamed over its target, that publishing it
+    /// keeps the user within the quota. The space of the file found at open was lent to the
+    /// upload; if that file was renamed away or deleted meanwhile, the loan is void and the
+    /// upload must fit on its own.
+    pub(crate) fn check_publish(
+        &self,
+        final_size: u64,
+        replaced: Option<u64>,
+    ) -> Result<(), VfsError> {
+        let state = self.lock();
+        let (max_bytes, max_files) = self.quota.limits();
+        let usage = self.quota.lock();
+        let others = usage.bytes.saturating_sub(state.charged);
+        let after = others
+            .saturating_sub(replaced.unwrap_or(0))
+            .saturating_add(final_size);
+        let grows = final_size > replaced.unwrap_or(0);
+        if max_bytes > 0 && grows && after > max_bytes {
+            return Err(VfsError::QuotaExceeded);
+        }
+        let files_after =
+            usage.files.saturating_sub(u64::from(state.new_file)) + u64::from(replaced.is_none());
+        if max_files > 0 && replaced.is_none() && files_after > max_files {
+            return Err(VfsError::QuotaExceeded);
+        }
+        Ok(())
+    }
+
+    /// Settles an atomic upload that was renamed over its target. `replaced` is the size of
+    /// the file the rename replaced, looked up just before it: the file found at open may have
+    /// been renamed away or deleted meanwhile, and then it must stay counted, or not be
+    /// released twice.
+    pub(crate) fn finish_replacing(&self, final_size: u64, replaced: Option<u64>) {
+        let mut state = self.lock();
+        if state.finished {
+            return;
+        }
+        state.finished = true;
+        let reserved_files = u64::from(state.new_file);
+        let mut usage = self.quota.lock();
+        usage.bytes = usage.bytes.saturating_sub(state.charged);
+        usage.files = usage.files.saturating_sub(reserved_files);
+        if let Some(old) = replaced {
+            usage.bytes = usage.bytes.saturating_sub(old);
+            usage.files = usage.files.saturating_sub(1);
+        }
+        // The file exists now whatever the limit, so it is counted unconditionally.
+        usage.bytes = usage.bytes.saturating_add(final_size);
+        usage.files = usage.files.saturating_add(1);
+    }
+}
+
 impl Drop for Charge {
     fn drop(&mut self) {
         // A writer settles its charge when it is committed or dropped; this covers a writer

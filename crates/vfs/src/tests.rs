@@ -636,3 +636,114 @@ async fn quota_failed_write_blocks_commit() {
     assert!(temp_files(&f.home).is_empty());
     assert_eq!(quota.usage(), usage(150, 2));
 }
+
+#[tokio::test]
+async fn symlink_upward_rejected() {
+    let f = fixture(UploadMode::Atomic).await;
+    f.vfs.create_dir(&p("/a")).await.unwrap();
+    f.vfs.create_dir(&p("/b")).await.unwrap();
+    for target in ["../b", "/b", "/a", "."] {
+        let err = f.vfs.symlink(target, &p("/a/l")).await.unwrap_err();
+        assert!(
+            matches!(err, VfsError::PermissionDenied),
+            "{target}: {err:?}"
+        );
+    }
+    f.vfs.symlink("/a/sub/x", &p("/a/down")).await.unwrap();
+    assert_eq!(
+        std::fs::read_link(f.home.join("a/down")).unwrap(),
+        PathBuf::from("sub/x")
+    );
+}
+
+#[tokio::test]
+async fn overwrite_keeps_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = fixture(UploadMode::Atomic).await;
+    let target = f.home.join("private.txt");
+    std::fs::write(&target, "old").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+    for options in [WriteOptions::replace(), WriteOptions::resume()] {
+        let w = f.vfs.open_write(&p("/private.txt"), options).await.unwrap();
+        w.write_at(0, b"new".to_vec()).await.unwrap();
+        w.commit().await.unwrap();
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{options:?}");
+    }
+}
+
+#[tokio::test]
+async fn failed_write_not_published() {
+    let f = fixture(UploadMode::Atomic).await;
+    std::fs::write(f.home.join("keep.txt"), "good").unwrap();
+    let w = f
+        .vfs
+        .open_write(&p("/keep.txt"), WriteOptions::replace())
+        .await
+        .unwrap();
+    w.write_at(0, b"partial".to_vec()).await.unwrap();
+    // A write past the largest file size fails (EFBIG or EINVAL), as a full disk would.
+    assert!(w.write_at(u64::MAX - 1, b"xy".to_vec()).await.is_err());
+    assert!(w.commit().await.is_err());
+    assert_eq!(
+        std::fs::read_to_string(f.home.join("keep.txt")).unwrap(),
+        "good"
+    );
+    assert_eq!(
+        std::fs::read_dir(&f.home).unwrap().count(),
+        1,
+        "temporary file left behind"
+    );
+}
+
+#[tokio::test]
+async fn resume_keeps_sparse_file_sparse() {
+    use std::os::unix::fs::MetadataExt;
+    let f = fixture(UploadMode::Atomic).await;
+    let sparse = std::fs::File::create(f.home.join("sparse")).unwrap();
+    sparse.set_len(256 << 20).unwrap();
+    drop(sparse);
+    let w = f
+        .vfs
+        .open_write(&p("/sparse"), WriteOptions::resume())
+        .await
+        .unwrap();
+    w.write_at(256 << 20, b"end".to_vec()).await.unwrap();
+    w.commit().await.unwrap();
+    let meta = std::fs::metadata(f.home.join("sparse")).unwrap();
+    assert_eq!(meta.len(), (256 << 20) + 3);
+    assert!(
+        meta.blocks() * 512 < 1 << 20,
+        "{} bytes allocated for a sparse file",
+        meta.blocks() * 512
+    );
+}
+
+#[tokio::test]
+async fn quota_overwrite_loan_void_after_rename() {
+    // 150 bytes used (a.txt 100, sub/b.txt 50) of 200. Overwriting a.txt may reuse its 100
+    // bytes, but not once a.txt was renamed away: then the upload must fit on its own.
+    let (f, quota) = quota_fixture(UploadMode::Atomic, 200, 10).await;
+    let w = upload(&f.vfs, "/a.txt").await;
+    f.vfs
+        .rename(&p("/a.txt"), &p("/kept.txt"), false)
+        .await
+        .unwrap();
+    w.write_at(0, vec![b'n'; 100]).await.unwrap();
+    let err = w.commit().await.unwrap_err();
+    assert!(matches!(err, VfsError::QuotaExceeded), "{err:?}");
+    assert!(!f.home.join("a.txt").exists());
+    assert_eq!(quota.usage(), usage(150, 2));
+    assert!(temp_files(&f.home).is_empty());
+}
+
+#[tokio::test]
+async fn quota_overwrite_after_delete_counts_once() {
+    let (f, quota) = quota_fixture(UploadMode::Atomic, 1000, 10).await;
+    let w = upload(&f.vfs, "/a.txt").await;
+    f.vfs.remove_file(&p("/a.txt")).await.unwrap();
+    assert_eq!(quota.usage(), usage(50, 1));
+    w.write_at(0, vec![b'n'; 30]).await.unwrap();
+    w.commit().await.unwrap();
+    assert_eq!(quota.usage(), usage(80, 2));
+}
