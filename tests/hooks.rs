@@ -328,3 +328,59 @@ fn shutdown_reports_hook_totals() {
     assert_eq!(totals[0]["dropped"], 0);
     assert_eq!(server.log_messages("ferry stopped").len(), 1);
 }
+
+#[test]
+fn post_connect_runs_bounded() {
+    let probe = tempfile::tempdir().unwrap();
+    let runs = probe.path().join("runs.log");
+    let hook = write_script(
+        probe.path(),
+        "connect.sh",
+        &format!(
+            "echo start >> {0}\nsleep 0.5\necho end >> {0}",
+            runs.display()
+        ),
+    );
+    let server = Setup::default()
+        .only(&["ssh"])
+        .set(
+            "common",
+            &format!("post_connect_hook = \"{}\"", hook.display()),
+        )
+        .set("common", "post_connect_max_concurrent = 2")
+        .start();
+    let port = server.ssh_port();
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(30)))
+                    .unwrap();
+                let mut banner = [0u8; 8];
+                use std::io::Read;
+                stream.read_exact(&mut banner).unwrap();
+                banner
+            })
+        })
+        .collect();
+    for client in clients {
+        assert_eq!(
+            &client.join().unwrap(),
+            b"SSH-2.0-",
+            "every connection is admitted in turn"
+        );
+    }
+    let (mut running, mut peak, mut starts) = (0i32, 0i32, 0);
+    for line in std::fs::read_to_string(&runs).unwrap().lines() {
+        if line == "start" {
+            running += 1;
+            starts += 1;
+        } else {
+            running -= 1;
+        }
+        peak = peak.max(running);
+    }
+    assert_eq!(starts, 6);
+    assert!(peak <= 2, "{peak} post-connect hooks ran at once");
+}

@@ -42,6 +42,8 @@ pub struct CommonConfig {
     pub post_login_queue_size: usize,
     /// Post-login deliveries that may run at once.
     pub post_login_max_concurrent: usize,
+    /// Post-connect hook runs that may be in progress at once.
+    pub post_connect_max_concurrent: usize,
     /// Seconds a hook program may run before its process group is killed.
     pub hook_program_timeout: u64,
     /// "atomic" (write to a temporary file, rename when complete) or "standard" (in place).
@@ -66,6 +68,7 @@ impl Default for CommonConfig {
             post_connect_hook: String::new(),
             post_login_queue_size: 1024,
             post_login_max_concurrent: 8,
+            post_connect_max_concurrent: 32,
             hook_program_timeout: 20,
             upload_mode: UploadMode::Atomic,
             state_dir: PathBuf::from("state"),
@@ -224,6 +227,9 @@ fn validate_common(common: &CommonConfig, errors: &mut Vec<String>) -> HooksConf
     if common.post_login_queue_size == 0 {
         errors.push("common.post_login_queue_size = 0: must be at least 1".into());
     }
+    if common.post_connect_max_concurrent == 0 {
+        errors.push("common.post_connect_max_concurrent = 0: must be at least 1".into());
+    }
     if common.post_login_max_concurrent == 0 {
         errors.push("common.post_login_max_concurrent = 0: must be at least 1".into());
     }
@@ -232,6 +238,7 @@ fn validate_common(common: &CommonConfig, errors: &mut Vec<String>) -> HooksConf
     }
     hooks.post_login_queue_size = common.post_login_queue_size;
     hooks.post_login_max_concurrent = common.post_login_max_concurrent;
+    hooks.post_connect_max_concurrent = common.post_connect_max_concurrent;
     hooks.program_timeout = Duration::from_secs(common.hook_program_timeout);
     hooks.limits = ferry_hooks::ConnectionLimits {
         max_total: common.max_total_connections,

@@ -191,6 +191,9 @@ pub struct HooksConfig {
     pub post_login_queue_size: usize,
     /// Deliveries that may run at once, as processes or HTTP requests.
     pub post_login_max_concurrent: usize,
+    /// Post-connect hook runs that may be in progress at once; a connection that finds no
+    /// free slot within the hook's time limit is rejected.
+    pub post_connect_max_concurrent: usize,
     /// Time allowed to a hook program before its process group is killed.
     pub program_timeout: std::time::Duration,
     pub defender: crate::DefenderConfig,
@@ -205,6 +208,7 @@ impl Default for HooksConfig {
             post_connect_hook: None,
             post_login_queue_size: 1024,
             post_login_max_concurrent: 8,
+            post_connect_max_concurrent: 32,
             program_timeout: std::time::Duration::from_secs(20),
             defender: crate::DefenderConfig::default(),
             limits: crate::ConnectionLimits::default(),

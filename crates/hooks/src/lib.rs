@@ -72,6 +72,7 @@ pub struct Hooks {
 
 struct Inner {
     config: HooksConfig,
+    post_connect_slots: tokio::sync::Semaphore,
     defender: Defender,
     connections: ConnectionCounter,
     http: HttpClient,
@@ -91,6 +92,9 @@ impl Hooks {
         let workers = config.post_login_max_concurrent.max(1);
         let hooks = Hooks {
             inner: Arc::new(Inner {
+                post_connect_slots: tokio::sync::Semaphore::new(
+                    config.post_connect_max_concurrent.max(1),
+                ),
                 defender: Defender::new(config.defender.clone()),
                 connections: ConnectionCounter::default(),
                 config,
@@ -151,6 +155,15 @@ impl Hooks {
     ) -> Result<(), Rejection> {
         let Some(target) = &self.inner.config.post_connect_hook else {
             return Ok(());
+        };
+        // A flood of new connections must not start a process or request per connection.
+        let wait = self.inner.config.program_timeout;
+        let Ok(Ok(_slot)) =
+            tokio::time::timeout(wait, self.inner.post_connect_slots.acquire()).await
+        else {
+            let reason = "too many post-connect hooks running at once".to_owned();
+            warn!(%protocol, %ip, connection_id, %reason, "connection rejected by the post-connect hook");
+            return Err(Rejection::PostConnectHook(reason));
         };
         let verdict = match target {
             HookTarget::Program(path) => {
