@@ -546,3 +546,27 @@ fn read_only_user_cannot_write() {
     let unchanged = std::fs::read_to_string(server.home("reader").join("doc.txt")).unwrap();
     assert_eq!(unchanged, "doc");
 }
+
+#[test]
+fn foreign_destination_refused() {
+    let server = dav_server();
+    let client = Client::new(&server, &alice());
+    let home = server.home("alice");
+    let local = server.root().join("local.txt");
+    std::fs::write(&local, "stay").unwrap();
+    assert_eq!(client.put_file("/m.txt", &local, &[]).status, 201);
+    for (method, destination) in [
+        ("MOVE", "http://evil.example.com/stolen.txt"),
+        ("COPY", "https://evil.example.com/stolen.txt"),
+        ("MOVE", "ftp://x/stolen.txt"),
+    ] {
+        let reply = client.send(method, "/m.txt", &["-H", &format!("Destination: {destination}")]);
+        assert_eq!(reply.status, 502, "{method} {destination}");
+    }
+    assert_eq!(std::fs::read_to_string(home.join("m.txt")).unwrap(), "stay");
+    assert!(!home.join("stolen.txt").exists());
+    let own = format!("{}/moved.txt", server.dav_url());
+    let reply = client.send("MOVE", "/m.txt", &["-H", &format!("Destination: {own}")]);
+    assert_eq!(reply.status, 201);
+    assert!(home.join("moved.txt").exists());
+}

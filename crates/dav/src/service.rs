@@ -174,6 +174,9 @@ impl Connection {
         if let Some(response) = reject_infinite_depth(&request) {
             return response;
         }
+        if let Some(response) = reject_foreign_destination(&request) {
+            return response;
+        }
 
         let state = self.shared.users.get(&session.user.username);
         let copy = CopyRequest::parse(&request);
@@ -285,6 +288,47 @@ fn reject_infinite_depth(request: &Request<Incoming>) -> Option<Response<Body>> 
             false,
         )),
     }
+}
+
+/// Answers a MOVE or COPY whose `Destination` names another server with `502 Bad Gateway`,
+/// as RFC 4918 (9.9.4) asks; dav-server would otherwise use only the path and move the file
+/// within this server. A destination with the request's own host, or a bare path, is local.
+fn reject_foreign_destination(request: &Request<Incoming>) -> Option<Response<Body>> {
+    if !matches!(request.method().as_str(), "MOVE" | "COPY") {
+        return None;
+    }
+    let destination = request.headers().get("destination")?.to_str().ok()?;
+    if destination.starts_with('/') {
+        return None;
+    }
+    let own_host = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            request
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        });
+    let foreign = match destination.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+            let scheme_ok =
+                scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https");
+            !scheme_ok || own_host.is_none_or(|own| !own.eq_ignore_ascii_case(authority))
+        }
+        None => true,
+    };
+    foreign.then(|| {
+        fixed_response(
+            StatusCode::BAD_GATEWAY,
+            TEXT,
+            "the Destination header names another server; this server moves and copies only within itself\n",
+            false,
+        )
+    })
 }
 
 /// A COPY request, remembered so that a collection's own dead properties can follow it.
