@@ -1,5 +1,6 @@
-//! Helpers shared by the FTP end-to-end tests: a test certificate, and runners for curl,
-//! lftp and Python's ftplib that fail with the client's output.
+//! Helpers shared by the FTP end-to-end tests: a test certificate, a control connection
+//! driven line by line, and runners for curl, lftp and Python's ftplib that fail with the
+//! client's output.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
@@ -164,4 +165,67 @@ pub fn alice_url(server: &TestServer, path: &str) -> String {
         crate::common::ALICE_PASSWORD,
         server.ftp_port()
     )
+}
+
+/// A control connection driven line by line.
+pub struct Control {
+    pub reader: BufReader<TcpStream>,
+    pub writer: TcpStream,
+}
+
+impl Control {
+    pub fn connect(port: u16) -> Control {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        Control {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        }
+    }
+
+    /// Reads one reply line; empty when the server closed the connection.
+    pub fn line(&mut self) -> String {
+        let mut line = String::new();
+        let _ = self.reader.read_line(&mut line);
+        line
+    }
+
+    /// Asserts that the next reply is 421 and that the server then closed the connection.
+    pub fn expect_closed_with_421(&mut self) {
+        let reply = self.line();
+        assert!(reply.starts_with("421 "), "{reply:?}");
+        assert_eq!(self.line(), "", "the connection must be closed after 421");
+    }
+
+    pub fn command(&mut self, command: &str) -> String {
+        self.writer
+            .write_all(format!("{command}\r\n").as_bytes())
+            .unwrap();
+        self.line()
+    }
+
+    /// Returns whether the server closes the connection within `timeout`, sending nothing
+    /// more; fails the test if it sends a line.
+    pub fn closed_within(&mut self, timeout: Duration) -> bool {
+        self.reader.get_ref().set_read_timeout(Some(timeout)).unwrap();
+        let mut line = String::new();
+        let closed = match self.reader.read_line(&mut line) {
+            Ok(0) => true,
+            Ok(_) => panic!("expected the connection to close, got {line:?}"),
+            Err(error) => error.kind() == std::io::ErrorKind::ConnectionReset,
+        };
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        closed
+    }
+
+    /// Logs in as alice and returns the reply to PASS.
+    pub fn login_alice(&mut self) -> String {
+        assert!(self.command("USER alice").starts_with("331 "));
+        self.command(&format!("PASS {}", crate::common::ALICE_PASSWORD))
+    }
 }

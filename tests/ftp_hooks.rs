@@ -4,7 +4,7 @@ mod common;
 #[path = "ftp_common.rs"]
 mod ftp_common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -15,46 +15,6 @@ const SETTLE: Duration = Duration::from_millis(1500);
 
 fn ftp_only() -> Setup {
     Setup::default().only(&["ftp"])
-}
-
-/// A control connection driven line by line.
-struct Control {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Control {
-    fn connect(port: u16) -> Control {
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        Control {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            writer: stream,
-        }
-    }
-
-    /// Reads one reply line; empty when the server closed the connection.
-    fn line(&mut self) -> String {
-        let mut line = String::new();
-        let _ = self.reader.read_line(&mut line);
-        line
-    }
-
-    /// Asserts that the next reply is 421 and that the server then closed the connection.
-    fn expect_closed_with_421(&mut self) {
-        let reply = self.line();
-        assert!(reply.starts_with("421 "), "{reply:?}");
-        assert_eq!(self.line(), "", "the connection must be closed after 421");
-    }
-
-    fn command(&mut self, command: &str) -> String {
-        self.writer
-            .write_all(format!("{command}\r\n").as_bytes())
-            .unwrap();
-        self.line()
-    }
 }
 
 /// Logs in with USER and PASS and returns the reply to PASS.

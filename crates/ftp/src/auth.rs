@@ -6,16 +6,21 @@
 //! whole login through [`Logins::login_with_password`] (password, account rules, session
 //! limit, home directory) and reports the outcome itself. By the time it returns `Ok`,
 //! nothing that libunftp checks afterwards can fail.
+//!
+//! libunftp accepts `USER` and `PASS` again after every failure, and starts checking a
+//! `PASS` that arrives while the previous one is still being checked. The authenticator
+//! therefore counts the attempts itself and closes the connection after
+//! `max_login_attempts` failures.
 
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use async_trait::async_trait;
 use ferry_hooks::{Hooks, LoginEvent, LoginMethod, Protocol};
 use ferry_users::{LoginContext, LoginError, Logins};
-use tracing::Instrument;
+use tracing::{Instrument, debug, info};
 use unftp_core::auth::{AuthenticationError, Authenticator, Credentials, Principal};
 
 use crate::connection::ConnectionState;
@@ -57,11 +62,18 @@ impl Drop for AttemptTracker {
     }
 }
 
+/// The reply sent before the connection closes after too many failed logins.
+const TOO_MANY_ATTEMPTS: &str = "421 Too many failed login attempts, closing control connection.";
+
 /// Checks `USER`/`PASS` for one control connection.
 pub(crate) struct PasswordAuthenticator {
     logins: Logins,
     state: Arc<ConnectionState>,
     attempts: Arc<AttemptTracker>,
+    max_attempts: u32,
+    /// `PASS` commands received, checked or not.
+    started: AtomicU32,
+    failed: AtomicU32,
 }
 
 impl PasswordAuthenticator {
@@ -69,11 +81,29 @@ impl PasswordAuthenticator {
         logins: Logins,
         state: Arc<ConnectionState>,
         attempts: Arc<AttemptTracker>,
+        max_attempts: u32,
     ) -> PasswordAuthenticator {
         PasswordAuthenticator {
             logins,
             state,
             attempts,
+            max_attempts,
+            started: AtomicU32::new(0),
+            failed: AtomicU32::new(0),
+        }
+    }
+
+    /// Counts a failed attempt, and after the last allowed one closes the connection once
+    /// libunftp sent its `530` reply. `sent_before` is the control connection's sent-bytes
+    /// count from before that reply.
+    fn record_failure(&self, sent_before: Option<u64>) {
+        let failures = self.failed.fetch_add(1, Ordering::SeqCst) + 1;
+        if failures == self.max_attempts {
+            info!(
+                max_login_attempts = self.max_attempts,
+                "too many failed login attempts; closing the connection"
+            );
+            self.state.close_after_reply(sent_before, TOO_MANY_ATTEMPTS);
         }
     }
 }
@@ -95,8 +125,13 @@ impl Authenticator for PasswordAuthenticator {
     ) -> Result<Principal, AuthenticationError> {
         self.attempts.record_attempt();
         let span = self.state.span.clone();
-        span.record("user", username);
-        span.record("method", LoginMethod::Password.as_str());
+        let attempt = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+        if attempt > self.max_attempts {
+            // Only a client that sends PASS again before the answer to the last allowed
+            // attempt gets here; the connection is about to close.
+            span.in_scope(|| debug!(attempt, "login attempt over the limit; not checked"));
+            return Err(AuthenticationError::BadPassword);
+        }
         async {
             let context = LoginContext {
                 ip: self.state.ip,
@@ -106,22 +141,33 @@ impl Authenticator for PasswordAuthenticator {
             // libunftp passes no password only for a TLS client-certificate login, which
             // this server does not enable.
             let password = credentials.password.as_deref().unwrap_or_default();
-            match self
+            let sent_before = self.state.bytes_sent();
+            let outcome = self
                 .logins
                 .login_with_password(username, password, &context, &self.state.id)
-                .await
-            {
+                .await;
+            match outcome {
                 Ok(session) => {
                     // What libunftp checks after this cannot fail: `DefaultUser` is always
                     // enabled, the storage's `enter` does nothing, and no command holds
                     // the storage before login.
                     self.state.start_session(session);
+                    // Recorded once: the span keeps every value recorded on it.
+                    self.state.span.record("user", username);
+                    self.state
+                        .span
+                        .record("method", LoginMethod::Password.as_str());
                     Ok(Principal {
                         username: username.to_owned(),
                     })
                 }
-                Err(LoginError::InvalidCredentials) => Err(AuthenticationError::BadPassword),
-                Err(error) => Err(AuthenticationError::new(error.to_string())),
+                Err(error) => {
+                    self.record_failure(sent_before);
+                    match error {
+                        LoginError::InvalidCredentials => Err(AuthenticationError::BadPassword),
+                        error => Err(AuthenticationError::new(error.to_string())),
+                    }
+                }
             }
         }
         .instrument(span)

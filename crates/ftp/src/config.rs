@@ -69,6 +69,8 @@ pub struct Config {
     pub idle_timeout: u64,
     /// Seconds from connect to a successful login before the server closes the connection.
     pub login_timeout: u64,
+    /// Failed `PASS` attempts after which the server closes the control connection.
+    pub max_login_attempts: u32,
     /// Proxies whose PROXY protocol headers are believed. This is not a key of `[ftpd]`: the
     /// caller sets it, normally from `common.proxy_allowed`, before [`crate::Server::bind`].
     #[serde(skip)]
@@ -93,6 +95,7 @@ impl Default for Config {
             certificate_key_file: PathBuf::new(),
             idle_timeout: 300,
             login_timeout: 60,
+            max_login_attempts: 3,
             proxy_allowed: Vec::new(),
         }
     }
@@ -172,6 +175,11 @@ impl Config {
         if self.login_timeout == 0 {
             errors.push(format!(
                 "{section}.login_timeout = 0: must be at least 1 second"
+            ));
+        }
+        if self.max_login_attempts == 0 {
+            errors.push(format!(
+                "{section}.max_login_attempts = 0: must be at least 1"
             ));
         }
         // libunftp applies its idle timer before login too, so a longer login timeout could
@@ -356,6 +364,18 @@ mod tests {
         assert!(errors[0].starts_with("ftpd.bindings[0].address = \"localhost\""));
         assert!(errors[1].starts_with("ftpd.idle_timeout = 0"));
         assert!(errors[2].starts_with("ftpd.login_timeout = 0"));
+    }
+
+    #[test]
+    fn zero_login_attempts_rejected() {
+        let config = Config {
+            max_login_attempts: 0,
+            ..Config::default()
+        };
+        assert_eq!(
+            errors(&config),
+            ["ftpd.max_login_attempts = 0: must be at least 1"]
+        );
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //!
 //! libunftp's `Server::service` runs a control connection until it closes but offers no way
 //! to close it from outside. The connection therefore keeps a second handle to the socket:
-//! shutting it down ends libunftp's control loop, which is how the login timeout and the
-//! end of the shutdown grace period close a connection.
+//! shutting it down ends libunftp's control loop, which is how the login timeout, the limits
+//! on login attempts and command line length, and the end of the shutdown grace period
+//! close a connection.
 
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::path::PathBuf;
@@ -25,8 +26,11 @@ use tracing::{Instrument, Span, debug, field, info, info_span, warn};
 use unftp_core::auth::DefaultUser;
 
 use crate::auth::{AttemptTracker, PasswordAuthenticator};
-use crate::bridge::{PassivePortBinder, libunftp_logger};
+use crate::bridge::{PassiveListener, PassivePortBinder, libunftp_logger};
 use crate::config::PassiveHost;
+use crate::control_guard::{
+    CommandLineGuard, MAX_COMMAND_LINE_BYTES, tcp_counters, wait_for_reply,
+};
 use crate::storage::VfsStorage;
 use crate::tls::HandshakeCounter;
 use crate::{Config, Listener, Shared};
@@ -39,6 +43,9 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Time allowed to send the rejection reply to a client that the admission refused.
 const REJECT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Time given to libunftp to send its reply before the connection is closed after it.
+const LAST_REPLY_WAIT: Duration = Duration::from_secs(2);
 
 /// State shared by the authenticator, the storage back-end and the connection task.
 pub(crate) struct ConnectionState {
@@ -54,6 +61,8 @@ pub(crate) struct ConnectionState {
     login_notify: Notify,
     /// Present when FTPS is configured.
     tls: Option<TlsState>,
+    /// The passive data listener that the connection's latest PASV or EPSV opened.
+    passive: Arc<PassiveListener>,
 }
 
 /// The TLS handshakes of one control connection and its data connections.
@@ -138,21 +147,54 @@ impl ConnectionState {
         }
     }
 
-    /// Closes the control connection, first sending `421 {reason}` when the connection is
-    /// not encrypted. libunftp may be writing a reply at the same moment, which a client
+    /// Closes the control connection, first sending the `reply` line when the connection
+    /// is not encrypted. libunftp may be writing a reply at the same moment, which a client
     /// that is being disconnected anyway can live with.
-    fn close_control(&self, reason: &str) {
+    pub(crate) fn close_control(&self, reply: &str) {
         let encrypted = self
             .tls
             .as_ref()
             .is_some_and(|tls| tls.handshakes.count() > 0);
         if !encrypted {
             // The socket is non-blocking; a short reply fits in an idle send buffer.
-            let _ = self.control.send(format!("421 {reason}\r\n").as_bytes());
+            let _ = self.control.send(format!("{reply}\r\n").as_bytes());
         }
         if let Err(error) = self.control.shutdown(Shutdown::Both) {
             debug!(%error, "control connection already closed");
         }
+    }
+
+    /// Returns the bytes sent on the control connection so far, when the system reports
+    /// them.
+    pub(crate) fn bytes_sent(&self) -> Option<u64> {
+        tcp_counters(&self.control)
+            .map(|counters| counters.sent)
+            .ok()
+    }
+
+    /// Closes the control connection in the background once libunftp sent a reply after
+    /// `sent_before` bytes, or after [`LAST_REPLY_WAIT`], sending `reply` last.
+    pub(crate) fn close_after_reply(
+        self: &Arc<Self>,
+        sent_before: Option<u64>,
+        reply: &'static str,
+    ) {
+        let state = Arc::clone(self);
+        let close = async move {
+            if let Some(sent_before) = sent_before {
+                wait_for_reply(&state.control, sent_before, LAST_REPLY_WAIT).await;
+            }
+            state.close_control(reply);
+        };
+        tokio::spawn(close.instrument(self.span.clone()));
+    }
+
+    /// Releases what libunftp may still hold after its control loop ended: the passive
+    /// listener, whose task keeps this state alive, and through it the control socket.
+    fn finish(&self) {
+        self.passive.close();
+        // The client may have closed its side already; this ends the connection at once.
+        let _ = self.control.shutdown(Shutdown::Both);
     }
 }
 
@@ -258,7 +300,11 @@ async fn serve(
             return;
         }
     };
+    // libunftp requires data connections to come from the control connection's TCP peer,
+    // which is a proxy when the PROXY protocol gave `ip`.
+    let tcp_peer_ip = stream.peer_addr().map_or(ip, |peer| peer.ip());
     let tls = shared.tls.as_ref().map(|tls| tls.for_connection());
+    let guard = CommandLineGuard::new(&control);
     let state = Arc::new(ConnectionState {
         id: id.clone(),
         ip,
@@ -272,10 +318,18 @@ async fn serve(
             data_required: listener.tls_required,
             used: AtomicU64::new(0),
         }),
+        passive: Arc::new(PassiveListener::default()),
     });
     let attempts = Arc::new(AttemptTracker::new(hooks.clone(), ip, &id));
     let tls_config = tls.map(|(config, _)| config);
-    let server = match build_server(&shared, &listener, &state, &attempts, tls_config) {
+    let server = match build_server(
+        &shared,
+        &listener,
+        &state,
+        &attempts,
+        tcp_peer_ip,
+        tls_config,
+    ) {
         Ok(server) => server,
         Err(error) => {
             warn!(%error, "cannot set up the FTP session; connection closed");
@@ -283,7 +337,9 @@ async fn serve(
         }
     };
 
-    supervise(server.service(stream), &state, &shared.config, &force_close).await;
+    let service = server.service(stream);
+    supervise(service, &state, guard, &shared.config, &force_close).await;
+    state.finish();
     state.end_session();
     drop(attempts);
     drop(permit);
@@ -313,6 +369,7 @@ fn build_server(
     listener: &Listener,
     state: &Arc<ConnectionState>,
     attempts: &Arc<AttemptTracker>,
+    tcp_peer_ip: IpAddr,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> Result<libunftp::Server<VfsStorage, DefaultUser>, libunftp::ServerError> {
     let storage_state = Arc::clone(state);
@@ -320,7 +377,12 @@ fn build_server(
         shared.logins.clone(),
         Arc::clone(state),
         Arc::clone(attempts),
+        shared.config.max_login_attempts,
     );
+    let binder = PassivePortBinder {
+        peer_ip: tcp_peer_ip,
+        listener: Arc::clone(&state.passive),
+    };
 
     let ports = &shared.config.passive_port_range;
     let passive_host = match &shared.passive_host {
@@ -337,7 +399,7 @@ fn build_server(
     .passive_host(passive_host)
     .idle_session_timeout(shared.config.idle_timeout)
     .sitemd5(SiteMd5::None)
-    .binder(PassivePortBinder)
+    .binder(binder)
     .logger(libunftp_logger(&state.id));
 
     if let Some(config) = tls {
@@ -350,10 +412,11 @@ fn build_server(
 }
 
 /// Waits for libunftp to finish the connection, closing it first when the login timeout
-/// expires or the shutdown grace period ends.
+/// expires, a command line grows too long, or the shutdown grace period ends.
 async fn supervise(
     service: impl Future,
     state: &ConnectionState,
+    mut guard: CommandLineGuard,
     config: &Config,
     force_close: &CancellationToken,
 ) {
@@ -372,12 +435,21 @@ async fn supervise(
                     login_timeout_secs = config.login_timeout,
                     "login timeout; closing the connection"
                 );
-                state.close_control("Login timeout, closing control connection.");
+                state.close_control("421 Login timeout, closing control connection.");
+                break;
+            }
+            unanswered_bytes = guard.exceeded() => {
+                info!(
+                    unanswered_bytes,
+                    limit_bytes = MAX_COMMAND_LINE_BYTES,
+                    "command line too long; closing the connection"
+                );
+                state.close_control("500 Command line too long, closing control connection.");
                 break;
             }
             () = force_close.cancelled() => {
                 info!("closing the connection: the server is shutting down");
-                state.close_control("Server shutting down, closing control connection.");
+                state.close_control("421 Server shutting down, closing control connection.");
                 break;
             }
         }

@@ -40,6 +40,7 @@ mod auth;
 mod bridge;
 mod config;
 mod connection;
+mod control_guard;
 mod storage;
 mod tls;
 

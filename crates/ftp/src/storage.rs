@@ -176,7 +176,7 @@ impl VfsStorage {
                 let parent = PathBuf::from(dir.parent().as_str());
                 return self.entries(&parent).await;
             }
-            debug!(path = %dir, "listing of a missing path sent as empty");
+            debug!(path = ?dir.as_str(), "listing of a missing path sent as empty");
             return Ok(Vec::new());
         }
         self.entries(path).await
@@ -343,7 +343,7 @@ impl<User: UserDetail> StorageBackend<User> for VfsStorage {
             let sent = tokio::select! {
                 biased;
                 () = watch.activity() => {
-                    debug!(path = %vpath, "download stopped: the client sent a command or closed the control connection");
+                    debug!(path = ?vpath.as_str(), "download stopped: the client sent a command or closed the control connection");
                     return Err(aborted_error());
                 }
                 sent = send_file(&reader, output, start_pos) => sent,
@@ -352,7 +352,7 @@ impl<User: UserDetail> StorageBackend<User> for VfsStorage {
                 TransferError::File(error) => storage_error(error, path.as_ref()),
                 TransferError::Connection(error) => transfer_error(error),
             })?;
-            debug!(path = %vpath, size_bytes, start_pos, "download sent");
+            debug!(path = ?vpath.as_str(), size_bytes, start_pos, "download sent");
             Ok(size_bytes)
         })
         .await
@@ -400,11 +400,11 @@ impl<User: UserDetail> StorageBackend<User> for VfsStorage {
                     return Err(storage_error(error, path.as_ref()));
                 }
                 Some(Err(TransferError::Connection(error))) => {
-                    debug!(path = %vpath, %error, "upload interrupted; discarded");
+                    debug!(path = ?vpath.as_str(), %error, "upload interrupted; discarded");
                     return Err(transfer_error(error));
                 }
                 None => {
-                    info!(path = %vpath, "upload discarded: the client sent a command or closed the control connection during the transfer");
+                    info!(path = ?vpath.as_str(), "upload discarded: the client sent a command or closed the control connection during the transfer");
                     return Err(aborted_error());
                 }
             };
@@ -415,14 +415,14 @@ impl<User: UserDetail> StorageBackend<User> for VfsStorage {
             // an ABOR sent right after closing the data connection arrives meanwhile too.
             tokio::time::sleep(CONTROL_CLOSE_GRACE).await;
             if watch.has_activity() || self.state.control_closed() {
-                info!(path = %vpath, size_bytes, "upload discarded: the client sent a command or closed the control connection as the transfer ended");
+                info!(path = ?vpath.as_str(), size_bytes, "upload discarded: the client sent a command or closed the control connection as the transfer ended");
                 return Err(aborted_error());
             }
             writer
                 .commit()
                 .await
                 .map_err(|error| storage_error(error, path.as_ref()))?;
-            debug!(path = %vpath, size_bytes, start_pos, "upload stored");
+            debug!(path = ?vpath.as_str(), size_bytes, start_pos, "upload stored");
             Ok(size_bytes)
         })
         .await
@@ -611,9 +611,9 @@ pub(crate) fn storage_error(error: VfsError, path: &Path) -> Error {
         _ => ErrorKind::LocalError,
     };
     if error.is_client_error() {
-        debug!(path = %path.display(), %error, "file operation failed");
+        debug!(path = ?path, %error, "file operation failed");
     } else {
-        warn!(path = %path.display(), %error, "file operation failed");
+        warn!(path = ?path, %error, "file operation failed");
     }
     Error::new(kind, error)
 }
