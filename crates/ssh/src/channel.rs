@@ -65,6 +65,7 @@ pub(crate) async fn run(
     vfs: ferry_vfs::Vfs,
     connection_id: String,
     cutoff: CancellationToken,
+    sftp_budget: crate::sftp::ConnectionBudget,
 ) {
     let id = channel.id().number();
     let program = loop {
@@ -96,7 +97,9 @@ pub(crate) async fn run(
             let (stream, write_half) = sftp_stream(channel);
             // The SFTP module logs how its session ended.
             let ended = tokio::select! {
-                result = crate::sftp::serve(stream, vfs, connection_id) => Some(result.is_ok()),
+                result = crate::sftp::serve_with_budget(stream, vfs, connection_id, sftp_budget) => {
+                    Some(result.is_ok())
+                }
                 () = cutoff.cancelled() => None,
             };
             debug!(channel = id, "SFTP session ended");
@@ -109,14 +112,14 @@ pub(crate) async fn run(
             }
         }
         Program::Scp(command) => {
-            info!(channel = id, command = %command, "SCP started");
+            info!(channel = id, command = ?command.to_string(), "SCP started");
             tokio::select! {
                 () = scp::run(channel, command, vfs) => {}
                 () = cutoff.cancelled() => {}
             }
         }
         Program::Rejected(message) => {
-            info!(channel = id, reason = %message, "request rejected");
+            info!(channel = id, reason = ?message, "request rejected");
             reject(channel, &message).await;
         }
     }

@@ -191,7 +191,7 @@ impl Connection {
         if progress.authenticated() {
             info!(
                 elapsed_ms = started.elapsed().as_millis() as u64,
-                %reason,
+                reason = ?reason,
                 "session closed"
             );
         } else if ending.timed_out {

@@ -1,7 +1,8 @@
 //! The russh handler of one connection: authentication callbacks, session channels, and the
 //! rejection of everything this server does not offer (shells, forwarding, agents, X11).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use russh::server::{
     Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Response, Session, VerifiedPublicKey,
@@ -13,7 +14,8 @@ use tracing::{Instrument, Span, debug};
 use crate::auth::{Authenticator, TooManyFailures};
 use crate::channel;
 
-/// Session channels one connection may have open at once.
+/// Session channels one connection may have open at once. A channel's slot is released when
+/// its task ends, whether the client or the server closed it.
 const MAX_CHANNELS: usize = 10;
 
 /// The reason a session ended from inside the handler.
@@ -37,10 +39,35 @@ pub(crate) struct Handler {
     connection_id: String,
     /// Cancelled when the server cuts the connection off; channel tasks stop then.
     cutoff: CancellationToken,
-    /// Open session channels.
-    channels: HashSet<ChannelId>,
-    /// Channels that already received an `exec`, `shell` or `subsystem` request.
-    started: HashSet<ChannelId>,
+    /// Session channels whose tasks are running, shared with those tasks.
+    channels: Arc<Mutex<Channels>>,
+    /// Memory limits shared by the SFTP sessions of this connection.
+    sftp_budget: crate::sftp::ConnectionBudget,
+}
+
+/// The session channels of one connection.
+#[derive(Default)]
+struct Channels {
+    /// Open channels, each mapped to whether it already received an `exec`, `shell` or
+    /// `subsystem` request.
+    open: HashMap<ChannelId, bool>,
+}
+
+/// A session channel's entry in [`Channels`], removed when the channel's task ends.
+struct ChannelSlot {
+    id: ChannelId,
+    channels: Arc<Mutex<Channels>>,
+}
+
+impl Drop for ChannelSlot {
+    fn drop(&mut self) {
+        lock(&self.channels).open.remove(&self.id);
+    }
+}
+
+fn lock(channels: &Mutex<Channels>) -> std::sync::MutexGuard<'_, Channels> {
+    // The table is updated in single statements, so a poisoned lock still holds valid data.
+    channels.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Handler {
@@ -55,8 +82,8 @@ impl Handler {
             span,
             connection_id,
             cutoff,
-            channels: HashSet::new(),
-            started: HashSet::new(),
+            channels: Arc::default(),
+            sftp_budget: crate::sftp::ConnectionBudget::new(),
         }
     }
 
@@ -69,7 +96,11 @@ impl Handler {
         session: &mut Session,
     ) -> Result<bool, SessionError> {
         let _span = self.span.enter();
-        if !self.channels.contains(&id) || !self.started.insert(id) {
+        let first = match lock(&self.channels).open.get_mut(&id) {
+            Some(started) => !std::mem::replace(started, true),
+            None => false,
+        };
+        if !first {
             debug!(
                 channel = id.number(),
                 kind, "second program request on a channel rejected"
@@ -166,13 +197,24 @@ impl russh::server::Handler for Handler {
                 .await;
             return Ok(());
         };
-        if self.channels.len() >= MAX_CHANNELS {
-            debug!(parent: &span, open = self.channels.len(), "session channel rejected: too many open");
+        let id = channel.id();
+        let open = {
+            let mut channels = lock(&self.channels);
+            let open = channels.open.len();
+            if open < MAX_CHANNELS {
+                channels.open.insert(id, false);
+            }
+            open
+        };
+        if open >= MAX_CHANNELS {
+            debug!(parent: &span, open, "session channel rejected: too many open");
             reply.reject(ChannelOpenFailure::ResourceShortage).await;
             return Ok(());
         }
-        let id = channel.id();
-        self.channels.insert(id);
+        let slot = ChannelSlot {
+            id,
+            channels: Arc::clone(&self.channels),
+        };
         reply.accept().await;
         debug!(parent: &span, channel = id.number(), "session channel opened");
         let task = channel::run(
@@ -180,18 +222,18 @@ impl russh::server::Handler for Handler {
             vfs,
             self.connection_id.clone(),
             self.cutoff.clone(),
+            self.sftp_budget.clone(),
         );
-        tokio::spawn(task.instrument(span));
-        Ok(())
-    }
-
-    async fn channel_close(
-        &mut self,
-        channel: ChannelId,
-        _session: &mut Session,
-    ) -> Result<(), Self::Error> {
-        self.channels.remove(&channel);
-        self.started.remove(&channel);
+        tokio::spawn(
+            async move {
+                task.await;
+                debug!(channel = id.number(), "channel task ended (tmp)");
+                // The slot is released however the channel ended: closed by the client, by
+                // the server after its program finished, or cut off with the connection.
+                drop(slot);
+            }
+            .instrument(span),
+        );
         Ok(())
     }
 

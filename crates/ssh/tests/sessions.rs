@@ -387,6 +387,31 @@ elif case == "missing":
     print(repr(reply))
     print(chan.recv_exit_status())
     print(repr(chan.recv_stderr(1024)))
+elif case in ("huge-file-time", "huge-dir-time"):
+    # A T record with a modification time past what a file can hold.
+    chan.exec_command("scp -p -t tp.txt" if case == "huge-file-time" else "scp -r -p -t .")
+    print(repr(chan.recv(1)))
+    chan.sendall(b"T18446744073709551615 0 18446744073709551615 0\n")
+    reply = b""
+    while not reply.endswith(b"\n"):
+        reply += chan.recv(1024)
+    print(repr(reply))
+    print(chan.recv_exit_status())
+elif case == "largest-dir-time":
+    chan.exec_command("scp -r -p -t .")
+    print(repr(chan.recv(1)))
+    chan.sendall(b"T9223372036854775807 0 1 0\n")
+    print(repr(chan.recv(1)))
+    chan.sendall(b"D0755 0 tdir\n")
+    print(repr(chan.recv(1)))
+    chan.sendall(b"E\n")
+    reply = chan.recv(1)
+    if reply != b"\0":
+        while not reply.endswith(b"\n"):
+            reply += chan.recv(1024)
+    print("E answered")
+    chan.shutdown_write()
+    print(chan.recv_exit_status())
 elif case == "bad-name":
     chan.exec_command("scp -t .")
     print(repr(chan.recv(1)))
@@ -459,6 +484,34 @@ fn scp_bad_name_rejected() {
         ]
     );
     assert!(!server.root().join("home/up.txt").exists());
+}
+
+#[test]
+fn scp_huge_time_rejected() {
+    let server = TestServer::start();
+    server.home("alice");
+    let message = "b'\\x02scp: protocol error: time out of range: \"18446744073709551615\" \
+                   or \"18446744073709551615\"\\n'";
+    for case in ["huge-file-time", "huge-dir-time"] {
+        assert_eq!(raw_scp(&server, case), ["b'\\x00'", message, "1"], "{case}");
+    }
+    assert!(!server.home("alice").join("tp.txt").exists());
+}
+
+#[test]
+fn scp_largest_time_handled() {
+    let server = TestServer::start();
+    server.home("alice");
+    let lines = raw_scp(&server, "largest-dir-time");
+    // The file system may refuse a time this far ahead, which is a warning; the channel
+    // still answers and ends with an exit status.
+    assert_eq!(
+        &lines[..4],
+        ["b'\\x00'", "b'\\x00'", "b'\\x00'", "E answered"],
+        "{lines:?}"
+    );
+    assert!(lines[4] == "0" || lines[4] == "1", "{lines:?}");
+    assert!(server.home("alice").join("tdir").is_dir());
 }
 
 #[test]
@@ -630,4 +683,123 @@ t.close()
         "{}",
         text(&output.stderr)
     );
+}
+
+/// Opens and closes more session channels on one connection than may be open at once.
+const CHANNEL_CHURN_SCRIPT: &str = r#"
+import sys, paramiko
+from paramiko.transport import ServiceRequestingTransport
+port, key_file, rounds = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+t = ServiceRequestingTransport(("127.0.0.1", port))
+t.start_client(timeout=10)
+t.auth_publickey("alice", paramiko.Ed25519Key.from_private_key_file(key_file))
+for n in range(rounds):
+    # The client closes an SFTP channel.
+    sftp = paramiko.SFTPClient.from_transport(t)
+    sftp.listdir("/")
+    sftp.close()
+    # The server closes an SCP channel after its exit status.
+    chan = t.open_session(timeout=10)
+    chan.exec_command("scp -f nothere")
+    chan.sendall(b"\0")
+    status = chan.recv_exit_status()
+    chan.close()
+    print(n, status)
+# Channels open at the same time are still limited.
+held = []
+try:
+    for n in range(20):
+        held.append(t.open_session(timeout=10))
+except paramiko.ChannelException as e:
+    print("open at once:", len(held), e.code)
+t.close()
+"#;
+
+#[test]
+fn closed_channels_free_their_slots() {
+    let server = TestServer::start();
+    server.home("alice");
+    let output = python(
+        server.root(),
+        CHANNEL_CHURN_SCRIPT,
+        &[
+            &server.port.to_string(),
+            key("id_ed25519").to_str().unwrap(),
+            "15",
+        ],
+    );
+    let lines: Vec<String> = text(&output.stdout).lines().map(str::to_owned).collect();
+    let mut expected: Vec<String> = (0..15).map(|n| format!("{n} 1")).collect();
+    // paramiko's code 4 is SSH_OPEN_RESOURCE_SHORTAGE.
+    expected.push("open at once: 10 4".into());
+    assert_eq!(lines, expected, "{}", text(&output.stderr));
+}
+
+#[test]
+fn openssh_connection_sharing() {
+    let server = TestServer::start();
+    let home = server.home("alice");
+    std::fs::write(home.join("shared.txt"), "shared\n").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("control.sock");
+    let options = |command: &mut Command| {
+        command
+            .args(ssh_options(server.port))
+            .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i"])
+            .arg(key("id_ed25519"))
+            .arg("-o")
+            .arg(format!("ControlPath={}", control.display()));
+    };
+    let mut master = Command::new("ssh");
+    options(&mut master);
+    master.args([
+        "-o",
+        "ControlMaster=yes",
+        "-o",
+        "ControlPersist=30",
+        "-f",
+        "-N",
+    ]);
+    master.arg("alice@127.0.0.1");
+    let started = run(master, CLIENT_TIMEOUT);
+    assert!(started.status.success(), "{}", text(&started.stderr));
+
+    // Each client runs on its own channel of the shared connection. The SFTP client closes
+    // its channel first, and the server closes the SCP channel after the exit status. A
+    // client whose channel is refused prints a warning and connects on its own instead.
+    let copy = dir.path().join("copy.txt");
+    let batch = dir.path().join("batch");
+    std::fs::write(&batch, format!("get shared.txt {}\n", copy.display())).unwrap();
+    for round in 0..12 {
+        let mut sftp = Command::new("sftp");
+        options(&mut sftp);
+        sftp.arg("-b").arg(&batch).arg("alice@127.0.0.1");
+        let output = run(sftp, CLIENT_TIMEOUT);
+        assert!(
+            output.status.success(),
+            "sftp round {round}: {}",
+            text(&output.stderr)
+        );
+        assert_eq!(text(&output.stderr), "", "sftp round {round}");
+        std::fs::remove_file(&copy).unwrap();
+
+        let mut scp = Command::new("scp");
+        scp.arg("-O");
+        options(&mut scp);
+        scp.arg("alice@127.0.0.1:shared.txt").arg(&copy);
+        let output = run(scp, CLIENT_TIMEOUT);
+        assert!(
+            output.status.success(),
+            "scp round {round}: {}",
+            text(&output.stderr)
+        );
+        assert_eq!(text(&output.stderr), "", "scp round {round}");
+        std::fs::remove_file(&copy).unwrap();
+    }
+
+    let mut stop = Command::new("ssh");
+    options(&mut stop);
+    stop.args(["-O", "exit", "alice@127.0.0.1"]);
+    let stopped = run(stop, CLIENT_TIMEOUT);
+    assert!(stopped.status.success(), "{}", text(&stopped.stderr));
 }

@@ -4,10 +4,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_ssh::sftp::{self, MAX_HANDLES, MAX_PACKET_LEN, MAX_READ_LEN, SftpError};
-use ferry_vfs::{Permissions, UploadMode, Vfs};
+use ferry_ssh::sftp::{
+    self, ConnectionBudget, MAX_HANDLES, MAX_LISTED_ENTRIES, MAX_PACKET_LEN, MAX_READ_LEN,
+    SftpError,
+};
+use ferry_vfs::{Limits, Permissions, Quota, UploadMode, Vfs};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::task::JoinHandle;
 
@@ -43,6 +47,7 @@ const FX_EOF: u32 = 1;
 const FX_NO_SUCH_FILE: u32 = 2;
 const FX_PERMISSION_DENIED: u32 = 3;
 const FX_FAILURE: u32 = 4;
+const FX_BAD_MESSAGE: u32 = 5;
 const FX_OP_UNSUPPORTED: u32 = 8;
 
 const READ_FLAG: u32 = 0x01;
@@ -56,6 +61,26 @@ const ATTR_PERMISSIONS: u32 = 0x04;
 const ATTR_ACMODTIME: u32 = 0x08;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a test server is set up; the default is atomic uploads, every permission, no limits
+/// and a budget of its own.
+struct Setup {
+    permissions: Permissions,
+    mode: UploadMode,
+    limits: Limits,
+    budget: ConnectionBudget,
+}
+
+impl Default for Setup {
+    fn default() -> Setup {
+        Setup {
+            permissions: Permissions::default(),
+            mode: UploadMode::Atomic,
+            limits: Limits::default(),
+            budget: ConnectionBudget::new(),
+        }
+    }
+}
 
 /// Builds packet bodies.
 #[derive(Default, Clone)]
@@ -188,13 +213,26 @@ impl Client {
     }
 
     async fn connect_with(permissions: Permissions) -> Client {
+        Client::connect_to(Setup {
+            permissions,
+            ..Setup::default()
+        })
+        .await
+    }
+
+    async fn connect_to(setup: Setup) -> Client {
         let dir = tempfile::tempdir().unwrap();
         let home = dir.path().join("home");
-        let vfs = Vfs::open(&home, permissions, UploadMode::Atomic)
+        let vfs = Vfs::open_with_limits(&home, setup.permissions, setup.mode, setup.limits)
             .await
             .unwrap();
         let (client, server) = tokio::io::duplex(1 << 20);
-        let task = tokio::spawn(sftp::serve(server, vfs, "test".into()));
+        let task = tokio::spawn(sftp::serve_with_budget(
+            server,
+            vfs,
+            "test".into(),
+            setup.budget,
+        ));
         Client {
             stream: client,
             server: Some(task),
@@ -980,4 +1018,165 @@ async fn pipelined_reads_answered_in_order() {
         received.extend_from_slice(&reply.data());
     }
     assert_eq!(received, content);
+}
+
+#[tokio::test]
+async fn extended_without_name_bad_message() {
+    let mut client = Client::ready().await;
+    let reply = client.call(Body::new(EXTENDED, 15)).await;
+    assert_eq!(reply.kind, STATUS);
+    assert_eq!(reply.id, 15);
+    assert_eq!(reply.code(), FX_BAD_MESSAGE);
+    // Truncated arguments of a known extension get the same reply.
+    let reply = client
+        .extended("posix-rename@openssh.com", Body::default().string("/a"))
+        .await;
+    assert_eq!(reply.code(), FX_BAD_MESSAGE);
+    // The session goes on.
+    let reply = client.path_request(REALPATH, ".").await;
+    assert_eq!(reply.names()[0].0, "/");
+    assert!(client.finish().await.is_ok());
+}
+
+#[tokio::test]
+async fn read_past_largest_offset_eof() {
+    let mut client = Client::ready().await;
+    std::fs::write(client.file("five"), b"12345").unwrap();
+    let handle = client.open("/five", READ_FLAG).await.handle();
+    for offset in [1u64 << 63, u64::MAX, (1u64 << 63) - 1] {
+        let id = client.id();
+        let reply = client
+            .call(Body::new(READ, id).string(&handle).u64(offset).u32(100))
+            .await;
+        assert_eq!(reply.kind, STATUS, "offset {offset}");
+        assert_eq!(
+            reply.code(),
+            FX_EOF,
+            "offset {offset}: {:?}",
+            reply.status()
+        );
+    }
+    let id = client.id();
+    let reply = client
+        .call(Body::new(READ, id).string(&handle).u64(1).u32(100))
+        .await;
+    assert_eq!(reply.data(), b"2345");
+}
+
+fn copy_args(source: &[u8], read_offset: u64, len: u64, target: &[u8], write_offset: u64) -> Body {
+    Body::default()
+        .string(source)
+        .u64(read_offset)
+        .u64(len)
+        .string(target)
+        .u64(write_offset)
+}
+
+/// A server that writes files in place, with a quota that stops a runaway copy.
+async fn standard_mode_client() -> Client {
+    let limits = Limits {
+        quota: Some(Arc::new(Quota::new(4 * 1024 * 1024, 0))),
+        ..Limits::default()
+    };
+    let mut client = Client::connect_to(Setup {
+        mode: UploadMode::Standard,
+        limits,
+        ..Setup::default()
+    })
+    .await;
+    client.init(3).await;
+    client
+}
+
+#[tokio::test]
+async fn copy_data_overlap_rejected() {
+    let mut client = standard_mode_client().await;
+    std::fs::write(client.file("f"), [b'x'; 100]).unwrap();
+    let source = client.open("/f", READ_FLAG).await.handle();
+    let target = client.open("/f", WRITE_FLAG).await.handle();
+    for (read_offset, len, write_offset) in [(0, 0, 50), (0, 0, 99), (50, 10, 45), (0, 100, 0)] {
+        let args = copy_args(&source, read_offset, len, &target, write_offset);
+        let reply = client.extended("copy-data", args).await;
+        assert_eq!(
+            reply.code(),
+            FX_FAILURE,
+            "{read_offset} {len} {write_offset}"
+        );
+        assert!(
+            reply.status().1.contains("overlaps"),
+            "{:?}",
+            reply.status()
+        );
+    }
+    assert_eq!(std::fs::metadata(client.file("f")).unwrap().len(), 100);
+    // Ranges side by side in the same file are copied.
+    let args = copy_args(&source, 0, 100, &target, 100);
+    assert_eq!(client.extended("copy-data", args).await.code(), FX_OK);
+    client.close(&target).await;
+    assert_eq!(std::fs::read(client.file("f")).unwrap(), [b'x'; 200]);
+}
+
+#[tokio::test]
+async fn copy_data_stops_at_source_size() {
+    let mut client = standard_mode_client().await;
+    std::fs::write(client.file("f"), [b'y'; 1000]).unwrap();
+    std::os::unix::fs::symlink("f", client.file("link")).unwrap();
+    // Two paths to one file: the copy reads what it writes, and without a bound at the
+    // source's size it would run until the quota stops it.
+    let source = client.open("/f", READ_FLAG).await.handle();
+    let target = client.open("/link", WRITE_FLAG).await.handle();
+    let args = copy_args(&source, 0, 0, &target, 500);
+    let reply = client.extended("copy-data", args).await;
+    assert_eq!(reply.code(), FX_OK, "{:?}", reply.status());
+    client.close(&target).await;
+    assert_eq!(std::fs::metadata(client.file("f")).unwrap().len(), 1500);
+}
+
+#[tokio::test]
+async fn listings_limited_per_connection() {
+    let budget = ConnectionBudget::new();
+    let mut first = Client::connect_to(Setup {
+        budget: budget.clone(),
+        ..Setup::default()
+    })
+    .await;
+    first.init(3).await;
+    let mut second = Client::connect_to(Setup {
+        budget,
+        ..Setup::default()
+    })
+    .await;
+    second.init(3).await;
+    let count = MAX_LISTED_ENTRIES / 2 + 1;
+    for client in [&first, &second] {
+        std::fs::create_dir(client.file("big")).unwrap();
+        for n in 0..count {
+            std::fs::File::create(client.file(&format!("big/{n}"))).unwrap();
+        }
+    }
+
+    let held = first.path_request(OPENDIR, "/big").await.handle();
+    // Another session of the same connection cannot hold a second listing as well.
+    let reply = second.path_request(OPENDIR, "/big").await;
+    assert_eq!(reply.code(), FX_FAILURE);
+    assert!(reply.status().1.contains("entries"), "{:?}", reply.status());
+
+    // A listing read to its end is released.
+    let mut listed = 0;
+    loop {
+        let id = first.id();
+        let reply = first.call(Body::new(READDIR, id).string(&held)).await;
+        if reply.kind == STATUS {
+            assert_eq!(reply.code(), FX_EOF);
+            break;
+        }
+        listed += reply.names().len();
+    }
+    assert_eq!(listed, count);
+    let reply = second.path_request(OPENDIR, "/big").await;
+    assert_eq!(reply.kind, HANDLE, "{:?}", reply.status());
+    // Closing a handle releases its listing too.
+    second.close(&reply.handle()).await;
+    let reply = first.path_request(OPENDIR, "/big").await;
+    assert_eq!(reply.kind, HANDLE, "{:?}", reply.status());
 }

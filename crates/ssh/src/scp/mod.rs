@@ -44,7 +44,7 @@ pub(crate) async fn run(channel: Channel<Msg>, command: Command, vfs: Vfs) {
         Direction::Download => source::run(&mut io, &command, &vfs).await,
     };
     if let Err(error) = &result {
-        debug!(%error, "SCP transfer stopped");
+        debug!(error = ?error.to_string(), "SCP transfer stopped");
     }
     let _ = io.writer.flush().await;
     let _ = io.stderr.flush().await;
@@ -103,14 +103,14 @@ where
     /// Reports a failure that skips one item: a warning message to the peer and a line on
     /// standard error.
     pub(crate) async fn warn(&mut self, message: &str) -> Result<(), Stop> {
-        debug!(reason = message, "SCP item failed");
+        debug!(reason = ?message, "SCP item failed");
         let line = protocol::warning(&format!("scp: {message}"));
         self.report(&line, message).await
     }
 
     /// Reports a failure that ends the transfer.
     pub(crate) async fn fatal(&mut self, message: &str) -> Result<(), Stop> {
-        info!(reason = message, "SCP transfer failed");
+        info!(reason = ?message, "SCP transfer failed");
         let line = protocol::fatal(&format!("scp: {message}"));
         self.report(&line, message).await
     }
@@ -173,7 +173,7 @@ where
                 if kind == protocol::FATAL {
                     Err(Stop::PeerFatal(message))
                 } else {
-                    debug!(message, "peer reported a failure");
+                    debug!(reason = ?message, "peer reported a failure");
                     self.errors += 1;
                     Ok(Some(Response::Warning(message)))
                 }

@@ -21,28 +21,38 @@ pub(crate) const WARNING: u8 = 1;
 /// Starts a message about a failure that ends the transfer.
 pub(crate) const FATAL: u8 = 2;
 
-/// Modification and access times from a `T` record, in seconds since the Unix epoch.
+/// The largest time a `T` record may carry, in seconds since the Unix epoch: the largest
+/// that a file's `timespec` (signed 64-bit seconds) can hold.
+const MAX_TIME_SECS: u64 = i64::MAX as u64;
+
+/// Modification and access times from a `T` record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Times {
-    pub(crate) modified: u64,
-    pub(crate) accessed: u64,
+    pub(crate) modified: SystemTime,
+    pub(crate) accessed: SystemTime,
 }
 
 impl Times {
-    pub(crate) fn from_system(modified: SystemTime, accessed: SystemTime) -> Times {
+    /// Builds the times of a `T` record from seconds since the Unix epoch; `None` when either
+    /// is too large for a file's time.
+    pub(crate) fn from_secs(modified: u64, accessed: u64) -> Option<Times> {
+        let time = |secs: u64| {
+            if secs > MAX_TIME_SECS {
+                return None;
+            }
+            UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+        };
+        Some(Times {
+            modified: time(modified)?,
+            accessed: time(accessed)?,
+        })
+    }
+
+    /// Returns the times in whole seconds since the Unix epoch, as a `T` record sends them.
+    /// Times before the epoch are sent as 0.
+    fn secs(&self) -> (u64, u64) {
         let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        Times {
-            modified: secs(modified),
-            accessed: secs(accessed),
-        }
-    }
-
-    pub(crate) fn modified(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(self.modified)
-    }
-
-    pub(crate) fn accessed(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(self.accessed)
+        (secs(self.modified), secs(self.accessed))
     }
 }
 
@@ -106,13 +116,15 @@ impl Record {
                     text.parse::<u64>()
                         .map_err(|_| format!("invalid time {text:?}"))
                 };
-                let (modified, accessed) = (number(modified)?, number(accessed)?);
+                let (modified_secs, accessed_secs) = (number(modified)?, number(accessed)?);
                 for usec in [modified_usec, accessed_usec] {
                     if number(usec)? > 999_999 {
                         return Err(format!("invalid microseconds {usec:?}"));
                     }
                 }
-                Ok(Record::Times(Times { modified, accessed }))
+                let times = Times::from_secs(modified_secs, accessed_secs)
+                    .ok_or_else(|| format!("time out of range: {modified:?} or {accessed:?}"))?;
+                Ok(Record::Times(times))
             }
             other => Err(format!("unknown record type {:?}", char::from(other))),
         }
@@ -144,7 +156,8 @@ pub(crate) fn dir_record(mode: u32, name: &str) -> String {
 }
 
 pub(crate) fn times_record(times: Times) -> String {
-    format!("T{} 0 {} 0\n", times.modified, times.accessed)
+    let (modified, accessed) = times.secs();
+    format!("T{modified} 0 {accessed} 0\n")
 }
 
 pub(crate) const END_RECORD: &str = "E\n";
@@ -197,11 +210,33 @@ mod tests {
     fn times_record_parsed() {
         assert_eq!(
             Record::parse(b"T1700000000 0 1600000000 0"),
-            Ok(Record::Times(Times {
-                modified: 1_700_000_000,
-                accessed: 1_600_000_000
-            }))
+            Ok(Record::Times(
+                Times::from_secs(1_700_000_000, 1_600_000_000).unwrap()
+            ))
         );
+    }
+
+    #[test]
+    fn out_of_range_times_rejected() {
+        let max = i64::MAX as u64;
+        for line in [
+            "T18446744073709551615 0 1 0".to_owned(),
+            "T1 0 18446744073709551615 0".to_owned(),
+            format!("T{} 0 1 0", max + 1),
+            "T18446744073709551616 0 1 0".to_owned(),
+        ] {
+            let parsed = Record::parse(line.as_bytes());
+            assert!(parsed.is_err(), "{line}: {parsed:?}");
+        }
+    }
+
+    #[test]
+    fn largest_time_accepted() {
+        let line = format!("T{} 0 0 0", i64::MAX);
+        assert!(matches!(
+            Record::parse(line.as_bytes()),
+            Ok(Record::Times(_))
+        ));
     }
 
     #[test]
@@ -248,13 +283,7 @@ mod tests {
     fn records_encoded() {
         assert_eq!(file_record(0o100644, 5, "a b"), "C0644 5 a b\n");
         assert_eq!(dir_record(0o40755, "d"), "D0755 0 d\n");
-        assert_eq!(
-            times_record(Times {
-                modified: 2,
-                accessed: 1
-            }),
-            "T2 0 1 0\n"
-        );
+        assert_eq!(times_record(Times::from_secs(2, 1).unwrap()), "T2 0 1 0\n");
         assert_eq!(warning("x\ny"), b"\x01x y\n");
         assert_eq!(fatal("z"), b"\x02z\n");
     }

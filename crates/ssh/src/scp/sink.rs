@@ -55,7 +55,7 @@ where
         };
         match record {
             Record::Warning(message) => {
-                debug!(message, "client reported a failure");
+                debug!(reason = ?message, "client reported a failure");
                 io.errors += 1;
             }
             Record::Fatal(message) => {
@@ -157,7 +157,7 @@ async fn finish_dir(vfs: &Vfs, dir: &OpenDir, preserve: bool) -> Result<(), VfsE
     }
     vfs.set_mode(&dir.path, dir.mode).await?;
     if let Some(times) = dir.times {
-        vfs.set_times(&dir.path, Some(times.accessed()), Some(times.modified()))
+        vfs.set_times(&dir.path, Some(times.accessed), Some(times.modified))
             .await?;
     }
     Ok(())
@@ -197,13 +197,13 @@ where
     if let Response::Warning(message) = response {
         // The client could not read its whole file. The partial upload is discarded, and
         // the client still waits for a response.
-        debug!(%path, message, "upload abandoned by the client");
+        debug!(path = ?path.as_str(), reason = ?message, "upload abandoned by the client");
         return io.send_ok().await;
     }
     if let Err(error) = writer.commit().await {
         return io.warn(&format!("{path}: {}", describe(&error))).await;
     }
-    debug!(%path, size_bytes = size, "file received");
+    debug!(path = ?path.as_str(), size_bytes = size, "file received");
 
     let applied = if preserve {
         apply_preserved(vfs, path, mode, times).await
@@ -229,7 +229,7 @@ async fn apply_preserved(
 ) -> Result<(), VfsError> {
     vfs.set_mode(path, mode).await?;
     if let Some(times) = times {
-        vfs.set_times(path, Some(times.accessed()), Some(times.modified()))
+        vfs.set_times(path, Some(times.accessed), Some(times.modified))
             .await?;
     }
     Ok(())

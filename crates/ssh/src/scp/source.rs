@@ -173,7 +173,10 @@ where
             Ok(meta) => meta,
             Err(error) => return io.warn(&format!("{path}: {}", describe(&error))).await,
         };
-        let times = Times::from_system(meta.modified, meta.accessed);
+        let times = Times {
+            modified: meta.modified,
+            accessed: meta.accessed,
+        };
         match meta.kind {
             FileKind::Dir if !command.recursive => {
                 io.warn(&format!("{path}: not a regular file")).await
@@ -296,7 +299,7 @@ where
         Some(reason) => io.warn(&format!("{path}: {reason}")).await?,
     }
     if io.read_response().await? == Response::Ok {
-        debug!(%path, size_bytes = size, "file sent");
+        debug!(path = ?path.as_str(), size_bytes = size, "file sent");
     }
     Ok(())
 }

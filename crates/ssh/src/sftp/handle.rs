@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
 use ferry_vfs::{DirEntry, FileReader, FileWriter, VPath};
+use tokio::sync::OwnedSemaphorePermit;
 
 /// The number of bytes of a handle id on the wire.
 const HANDLE_LEN: usize = 4;
@@ -62,6 +63,9 @@ pub struct Deferred {
 /// The rest of a directory listing that READDIR hands out in batches.
 pub struct Listing {
     pub entries: std::vec::IntoIter<DirEntry>,
+    /// The listing's share of the connection's listed entries, returned once the listing is
+    /// read to its end or its handle is closed.
+    pub reservation: Option<OwnedSemaphorePermit>,
 }
 
 impl Handle {

@@ -20,7 +20,7 @@ const MONTHS: [&str; 12] = [
 /// `drwxr-xr-x    2 1000     1000         4096 Mar  5 14:07 photos`.
 pub fn format(name: &str, meta: &Metadata, now: SystemTime) -> String {
     let modified = unix_secs(meta.modified);
-    let age = unix_secs(now) - modified;
+    let age = unix_secs(now).saturating_sub(modified);
     let date = if (0..RECENT_SECS).contains(&age) {
         let (_, month, day, hour, minute) = civil(modified);
         format!("{} {day:>2} {hour:02}:{minute:02}", month_name(month))

@@ -13,8 +13,10 @@
 //! `ls -l` lines of directory listings.
 //!
 //! Every length the client controls is bounded: packets by [`MAX_PACKET_LEN`], READ lengths
-//! by [`MAX_READ_LEN`], open handles by [`MAX_HANDLES`], queued requests by
-//! [`QUEUE_BUDGET`] bytes and running requests by [`MAX_IN_FLIGHT`].
+//! by [`MAX_READ_LEN`], open handles by [`MAX_HANDLES`] and running requests by
+//! [`MAX_IN_FLIGHT`] per session. The sessions of one SSH connection share a
+//! [`ConnectionBudget`]: queued requests are bounded by [`QUEUE_BUDGET`] bytes, reply buffers
+//! by [`REPLY_BUDGET`] bytes and directory listings by [`MAX_LISTED_ENTRIES`].
 
 #![deny(
     clippy::unwrap_used,
@@ -30,8 +32,11 @@ mod order;
 pub mod packet;
 mod session;
 
+use std::sync::Arc;
+
 use ferry_vfs::Vfs;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Semaphore;
 
 /// The largest packet body accepted, in bytes after the length field: room for a WRITE of
 /// 256 KiB with its header. A longer packet ends the session, so that a client cannot make
@@ -56,13 +61,62 @@ pub const MAX_HANDLES: usize = 256;
 /// [`MAX_READ_LEN`] of memory.
 pub const MAX_IN_FLIGHT: usize = 64;
 
-/// Bytes of requests read from the stream whose replies are not written yet. Reading
-/// pauses above it, which leaves room for the 64 WRITEs of 255 KiB that OpenSSH's client
-/// keeps in flight.
+/// Bytes of requests read from the streams of one SSH connection whose replies are not
+/// written yet, shared by its SFTP sessions. Reading pauses above it, so a client that sends
+/// requests without reading the replies cannot grow the server's memory. It leaves room for
+/// two sessions that each keep the 64 WRITEs of 255 KiB that OpenSSH's client pipelines.
 pub const QUEUE_BUDGET: usize = 32 * 1024 * 1024;
+
+/// Bytes of READ data, copy-data buffers and READDIR replies that the SFTP sessions of one
+/// SSH connection hold at once. A request waits for its share before it starts and returns
+/// it once its reply is written, so replies that a client leaves unread cannot pile up.
+pub const REPLY_BUDGET: usize = 8 * 1024 * 1024;
+
+/// Directory entries that the open directory handles of one SSH connection may hold.
+/// [`Vfs::read_dir`] lists a whole folder at OPENDIR, and each entry takes about 160 bytes,
+/// so this caps listings at about 16 MiB. A listing counts until it is read to its end or
+/// its handle is closed. An OPENDIR that would pass the limit fails, except that a folder
+/// larger than the limit can be listed while no other listing is held.
+pub const MAX_LISTED_ENTRIES: usize = 100_000;
 
 /// READDIR entries per NAME reply, as OpenSSH's sftp-server sends them.
 const READDIR_BATCH: usize = 100;
+
+/// The share of [`REPLY_BUDGET`] that a READDIR reserves: [`READDIR_BATCH`] entries whose
+/// names fill the 255 bytes that Linux allows, with their `ls -l` lines and attributes.
+const READDIR_REPLY_CHARGE: u32 = 64 * 1024;
+
+/// The memory limits that the SFTP sessions of one SSH connection share. Clones share the
+/// same limits; [`ConnectionBudget::new`] starts a new set.
+#[derive(Clone, Debug)]
+pub struct ConnectionBudget {
+    /// Bytes of queued requests, [`QUEUE_BUDGET`] in all.
+    requests: Arc<Semaphore>,
+    /// Bytes of reply buffers, [`REPLY_BUDGET`] in all.
+    replies: Arc<Semaphore>,
+    /// Entries of open directory listings, [`MAX_LISTED_ENTRIES`] in all.
+    listed_entries: Arc<Semaphore>,
+    /// Held while a folder is read, so that the transient memory of `Vfs::read_dir` is
+    /// that of one folder per connection.
+    listing: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl ConnectionBudget {
+    pub fn new() -> ConnectionBudget {
+        ConnectionBudget {
+            requests: Arc::new(Semaphore::new(QUEUE_BUDGET)),
+            replies: Arc::new(Semaphore::new(REPLY_BUDGET)),
+            listed_entries: Arc::new(Semaphore::new(MAX_LISTED_ENTRIES)),
+            listing: Arc::default(),
+        }
+    }
+}
+
+impl Default for ConnectionBudget {
+    fn default() -> ConnectionBudget {
+        ConnectionBudget::new()
+    }
+}
 
 /// The reason an SFTP session ended early.
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +137,8 @@ pub enum SftpError {
     RepeatedInit,
 }
 
-/// Serves one SFTP session on `stream` until the client closes it.
+/// Serves one SFTP session on `stream` until the client closes it, with memory limits of its
+/// own.
 ///
 /// Every path is resolved inside `vfs`. Handles still open when the session ends are
 /// closed without publishing, so an upload that never got its CLOSE leaves the old file as
@@ -93,11 +148,27 @@ pub async fn serve<S>(stream: S, vfs: Vfs, connection_id: String) -> Result<(), 
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    serve_with_budget(stream, vfs, connection_id, ConnectionBudget::new()).await
+}
+
+/// Serves one SFTP session like [`serve`], within memory limits that it shares with the other
+/// sessions of the same connection.
+pub async fn serve_with_budget<S>(
+    stream: S,
+    vfs: Vfs,
+    connection_id: String,
+    budget: ConnectionBudget,
+) -> Result<(), SftpError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     tracing::debug!(%connection_id, "sftp session started");
-    let result = session::run(stream, vfs).await;
+    let result = session::run(stream, vfs, budget).await;
     match &result {
         Ok(()) => tracing::debug!(%connection_id, "sftp session ended"),
-        Err(error) => tracing::warn!(%connection_id, %error, "sftp session ended with an error"),
+        Err(error) => {
+            tracing::warn!(%connection_id, error = ?error.to_string(), "sftp session ended with an error");
+        }
     }
     result
 }

@@ -12,7 +12,7 @@ use ferry_vfs::{FsStats, Metadata, Permission, VPath, Vfs, VfsError, WriteOption
 use super::handle::{Deferred, Handle, HandleKind, Listing, WriterHandle};
 use super::longname;
 use super::packet::{FileAttrs, NameEntry, Response, StatusCode, open_flags, statvfs_flags};
-use super::{MAX_READ_LEN, READDIR_BATCH};
+use super::{ConnectionBudget, MAX_LISTED_ENTRIES, MAX_READ_LEN, READDIR_BATCH};
 
 /// Permission bits that the server's usual umask (022) removes from the mode a client asks
 /// for when it creates a file or directory, as OpenSSH's sftp-server run by sshd does.
@@ -21,6 +21,9 @@ const UMASK: u32 = 0o022;
 /// The mode new files and directories get from [`Vfs`] without further changes.
 const VFS_FILE_MODE: u32 = 0o644;
 const VFS_DIR_MODE: u32 = 0o755;
+
+/// The largest file offset plus one: `off_t` is a signed 64-bit number.
+const MAX_FILE_OFFSET: u64 = i64::MAX as u64;
 
 /// Linux `statvfs` flags.
 const ST_RDONLY: u64 = 1;
@@ -166,10 +169,31 @@ pub async fn open(
     Ok(Handle::new(path.clone(), HandleKind::Writer(handle)))
 }
 
-pub async fn opendir(vfs: &Vfs, path: &VPath) -> Result<Handle, Failure> {
+/// Opens a directory listing. The connection reads one folder at a time, and the entries
+/// count toward its [`MAX_LISTED_ENTRIES`] until the listing is read or closed.
+pub async fn opendir(
+    vfs: &Vfs,
+    path: &VPath,
+    limits: &ConnectionBudget,
+) -> Result<Handle, Failure> {
+    // TODO: `Vfs::read_dir` returns the whole folder at once, so a very large folder is held in
+    // memory here before the limit is checked. Reading it in batches at READDIR needs a
+    // streaming listing in ferry_vfs.
+    let reading = limits.listing.lock().await;
     let entries = vfs.read_dir(path).await?;
+    let count = u32::try_from(entries.len().min(MAX_LISTED_ENTRIES)).unwrap_or(u32::MAX);
+    let reservation = Arc::clone(&limits.listed_entries)
+        .try_acquire_many_owned(count)
+        .map_err(|_| {
+            Failure::generic(format!(
+                "cannot list {path}: directory handles of this connection already hold \
+                 {MAX_LISTED_ENTRIES} entries; read or close them first"
+            ))
+        })?;
+    drop(reading);
     let listing = Listing {
         entries: entries.into_iter(),
+        reservation: Some(reservation),
     };
     Ok(Handle::new(
         path.clone(),
@@ -189,7 +213,7 @@ pub async fn close(id: u32, vfs: &Vfs, handle: Arc<Handle>) -> OpResult {
         HandleKind::Dir(_) => {}
         HandleKind::Reader(_) => {
             if transferred > 0 {
-                tracing::info!(%path, size_bytes = transferred, elapsed_ms, "download finished");
+                tracing::info!(path = ?path.as_str(), size_bytes = transferred, elapsed_ms, "download finished");
             }
         }
         HandleKind::Writer(writer) => {
@@ -198,11 +222,11 @@ pub async fn close(id: u32, vfs: &Vfs, handle: Arc<Handle>) -> OpResult {
                 .into_inner()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             writer.writer.commit().await?;
-            tracing::info!(%path, size_bytes = transferred, elapsed_ms, "upload finished");
+            tracing::info!(path = ?path.as_str(), size_bytes = transferred, elapsed_ms, "upload finished");
             if let Some(mode) = deferred.publish_mode
                 && let Err(error) = vfs.set_mode(&path, mode).await
             {
-                tracing::debug!(%path, %error, "mode of the uploaded file left as created");
+                tracing::debug!(path = ?path.as_str(), %error, "mode of the uploaded file left as created");
             }
             if let Some(mode) = deferred.mode {
                 vfs.set_mode(&path, mode).await?;
@@ -215,8 +239,13 @@ pub async fn close(id: u32, vfs: &Vfs, handle: Arc<Handle>) -> OpResult {
     Ok(Response::ok(id))
 }
 
+/// Reads up to `len` bytes at `offset`. An offset at or past the largest that a file can
+/// have (`off_t` is a signed 64-bit number) is at the end of the file.
 pub async fn read(id: u32, handle: &Handle, offset: u64, len: u32) -> OpResult {
-    let len = len.min(MAX_READ_LEN) as usize;
+    let Some(room) = MAX_FILE_OFFSET.checked_sub(offset).filter(|room| *room > 0) else {
+        return Ok(Response::status(id, StatusCode::Eof, "end of file"));
+    };
+    let len = u64::from(len.min(MAX_READ_LEN)).min(room) as usize;
     let data = match &handle.kind {
         HandleKind::Reader(reader) => reader.read_at(offset, len).await?,
         HandleKind::Writer(writer) if writer.readable => writer.writer.read_at(offset, len).await?,
@@ -249,15 +278,20 @@ pub async fn write(id: u32, handle: &Handle, offset: u64, data: Vec<u8>) -> OpRe
 }
 
 pub async fn fstat(id: u32, handle: &Handle) -> OpResult {
-    let meta = match &handle.kind {
-        HandleKind::Reader(reader) => reader.metadata().await?,
-        HandleKind::Writer(writer) => writer.writer.metadata().await?,
-        HandleKind::Dir(_) => return Err(Failure::generic("handle is a directory")),
-    };
+    let meta = file_metadata(handle).await?;
     Ok(Response::Attrs {
         id,
         attrs: attrs_of(&meta),
     })
+}
+
+/// Returns the metadata of the open file behind a file handle.
+async fn file_metadata(handle: &Handle) -> Result<Metadata, Failure> {
+    match &handle.kind {
+        HandleKind::Reader(reader) => Ok(reader.metadata().await?),
+        HandleKind::Writer(writer) => Ok(writer.writer.metadata().await?),
+        HandleKind::Dir(_) => Err(Failure::generic("handle is a directory")),
+    }
 }
 
 pub async fn stat(id: u32, vfs: &Vfs, path: &VPath, follow: bool) -> OpResult {
@@ -352,6 +386,9 @@ pub fn readdir(id: u32, handle: &Handle) -> OpResult {
         })
         .collect();
     if entries.is_empty() {
+        // The listing is used up; its memory and reservation go back to the connection.
+        listing.entries = Vec::new().into_iter();
+        listing.reservation = None;
         return Ok(Response::status(id, StatusCode::Eof, "end of directory"));
     }
     Ok(Response::Name { id, entries })
@@ -368,7 +405,7 @@ pub async fn mkdir(id: u32, vfs: &Vfs, path: &VPath, attrs: &FileAttrs) -> OpRes
         && mode != VFS_DIR_MODE
         && let Err(error) = vfs.set_mode(path, mode).await
     {
-        tracing::debug!(%path, %error, "mode of the new directory left as created");
+        tracing::debug!(path = ?path.as_str(), %error, "mode of the new directory left as created");
     }
     Ok(Response::ok(id))
 }
@@ -457,6 +494,10 @@ pub async fn fsync(id: u32, handle: &Handle) -> OpResult {
 
 /// Copies `len` bytes (0 means up to the end of the file) from one open file to another
 /// in chunks of the maximum read length, for the `copy-data` extension.
+///
+/// The copy ends at the source's size when the request started, so a copy into the file it
+/// reads cannot chase its own writes. Overlapping ranges of the same path are rejected, as
+/// OpenSSH's sftp-server rejects them for the same file.
 pub async fn copy_data(
     id: u32,
     source: &Handle,
@@ -471,23 +512,47 @@ pub async fn copy_data(
             "copy target is not open for writing",
         ));
     };
+    let size = file_metadata(source).await?.size;
+    let available = size.saturating_sub(read_offset);
+    let len = if len == 0 {
+        available
+    } else {
+        len.min(available)
+    };
+    // TODO: two paths that lead to one file (a symlink or a hard link) are not recognised as
+    // the same file; comparing device and inode needs them in ferry_vfs::Metadata.
+    if source.path == target.path && ranges_overlap(read_offset, write_offset, len) {
+        return Err(Failure::generic(format!(
+            "copy-data of {len} bytes from offset {read_offset} to offset {write_offset} of \
+             {} overlaps itself",
+            source.path
+        )));
+    }
     let mut copied: u64 = 0;
-    loop {
-        let remaining = if len == 0 { u64::MAX } else { len - copied };
-        if remaining == 0 {
-            break;
-        }
-        let chunk = remaining.min(u64::from(MAX_READ_LEN)) as u32;
-        let Response::Data { data, .. } = read(id, source, read_offset + copied, chunk).await?
-        else {
+    while copied < len {
+        let chunk = (len - copied).min(u64::from(MAX_READ_LEN)) as u32;
+        let (Some(from), Some(to)) = (
+            read_offset.checked_add(copied),
+            write_offset.checked_add(copied),
+        ) else {
+            return Err(Failure::generic(format!(
+                "copy-data offset out of range: {write_offset} plus {len} bytes"
+            )));
+        };
+        let Response::Data { data, .. } = read(id, source, from, chunk).await? else {
             break; // end of file
         };
         let n = data.len() as u64;
-        writer.writer.write_at(write_offset + copied, data).await?;
+        writer.writer.write_at(to, data).await?;
         target.add_transferred(n as usize);
         copied += n;
     }
     Ok(Response::ok(id))
+}
+
+/// Returns whether `len` bytes at `first` and `len` bytes at `second` share a byte.
+fn ranges_overlap(first: u64, second: u64, len: u64) -> bool {
+    len > 0 && first < second.saturating_add(len) && second < first.saturating_add(len)
 }
 
 #[cfg(test)]

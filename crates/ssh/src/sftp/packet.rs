@@ -94,7 +94,8 @@ pub enum StatusCode {
 }
 
 /// A packet body that could not be decoded. The peer sent something that is not SFTP v3, so
-/// the session ends.
+/// the session ends. A malformed EXTENDED request is the exception: it decodes to
+/// [`Extended::Malformed`] and gets a status reply.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DecodeError {
@@ -250,6 +251,9 @@ pub enum Extended {
     Unknown {
         name: String,
     },
+    /// A request whose name or arguments end early. It has a request id, so it gets
+    /// SSH_FX_BAD_MESSAGE and the session goes on.
+    Malformed(DecodeError),
 }
 
 impl Request {
@@ -349,7 +353,7 @@ impl Request {
             },
             kind::EXTENDED => Request::Extended {
                 id,
-                request: decode_extended(&mut r)?,
+                request: decode_extended(&mut r).unwrap_or_else(Extended::Malformed),
             },
             other => Request::Unknown { id, kind: other },
         };
@@ -1262,6 +1266,36 @@ mod tests {
             .u32(4)
             .string(ext::POSIX_RENAME.as_bytes())
             .string(b"a");
+        assert_eq!(
+            decode(body).unwrap(),
+            Request::Extended {
+                id: 4,
+                request: Extended::Malformed(DecodeError::Truncated {
+                    kind: kind::EXTENDED,
+                    field: "newpath"
+                })
+            }
+        );
+    }
+
+    #[test]
+    fn extended_without_name() {
+        let body = Body::new(kind::EXTENDED).u32(15);
+        assert_eq!(
+            decode(body).unwrap(),
+            Request::Extended {
+                id: 15,
+                request: Extended::Malformed(DecodeError::Truncated {
+                    kind: kind::EXTENDED,
+                    field: "extended-request"
+                })
+            }
+        );
+    }
+
+    #[test]
+    fn extended_without_id_fails() {
+        let body = Body::new(kind::EXTENDED);
         assert!(decode(body).is_err());
     }
 

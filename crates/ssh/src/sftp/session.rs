@@ -4,9 +4,11 @@
 //! The reader drains the stream eagerly, so that a client's pipelined requests wait in this
 //! process rather than in the SSH channel. russh stops reading the socket when a channel's
 //! inbound queue is full, and would then miss the window adjustments that our replies wait
-//! for. The queued bytes are capped by [`QUEUE_BUDGET`]. The dispatcher starts at most
-//! [`MAX_IN_FLIGHT`] requests at a time. A request keeps its slot until its reply has been
-//! written, which bounds the memory that READ replies can take. The writer packs every reply
+//! for. The queued bytes are capped by [`QUEUE_BUDGET`] per connection. The dispatcher starts
+//! at most [`MAX_IN_FLIGHT`] requests at a time, in arrival order. A request that fills a
+//! large buffer (READ, copy-data, READDIR) first reserves its size from the connection's
+//! [`REPLY_BUDGET`]. A request keeps its slot and its reservation until its reply has been
+//! written, which bounds the memory that replies can take. The writer packs every reply
 //! that is ready into one buffer and writes it at once, so small replies share channel
 //! packets; only the payload of a large DATA reply is written from its own buffer.
 
@@ -31,9 +33,11 @@ use super::packet::{
     open_flags,
 };
 use super::{
-    MAX_HANDLES, MAX_IN_FLIGHT, MAX_PACKET_LEN, MAX_READ_LEN, MAX_WRITE_LEN, QUEUE_BUDGET,
-    SftpError,
+    ConnectionBudget, MAX_HANDLES, MAX_IN_FLIGHT, MAX_PACKET_LEN, MAX_READ_LEN, MAX_WRITE_LEN,
+    READDIR_REPLY_CHARGE, SftpError,
 };
+#[cfg(doc)]
+use super::{QUEUE_BUDGET, REPLY_BUDGET};
 
 /// The size of the read buffer in front of the stream. Small packets are read in bulk, and
 /// larger bodies bypass it.
@@ -94,6 +98,8 @@ impl Body {
 struct Ticket {
     _slot: OwnedSemaphorePermit,
     _budget: OwnedSemaphorePermit,
+    /// The request's share of the reply budget, if it fills a large buffer.
+    _reply: Option<OwnedSemaphorePermit>,
 }
 
 struct Outgoing {
@@ -127,13 +133,13 @@ struct Slot {
 }
 
 /// Serves one session until the client closes the stream. See the module documentation.
-pub async fn run<S>(stream: S, vfs: Vfs) -> Result<(), SftpError>
+pub async fn run<S>(stream: S, vfs: Vfs, limits: ConnectionBudget) -> Result<(), SftpError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (read_half, write_half) = tokio::io::split(stream);
     let mut reader = BufReader::with_capacity(READ_BUFFER, read_half);
-    let budget = Arc::new(Semaphore::new(QUEUE_BUDGET));
+    let budget = Arc::clone(&limits.requests);
 
     let Some(first) = read_frame(&mut reader, &budget).await? else {
         return Ok(());
@@ -161,6 +167,7 @@ where
                 .await
                 .map_err(slots_closed)?,
             _budget: first.budget,
+            _reply: None,
         },
     };
     // The writer only stops when the channel closes or the stream fails.
@@ -171,6 +178,7 @@ where
 
     let mut dispatcher = Dispatcher {
         vfs,
+        limits,
         slots,
         replies,
         handles: HashMap::new(),
@@ -335,6 +343,7 @@ where
 
 struct Dispatcher {
     vfs: Vfs,
+    limits: ConnectionBudget,
     slots: Arc<Semaphore>,
     replies: UnboundedSender<Outgoing>,
     handles: HashMap<u32, Slot>,
@@ -352,21 +361,38 @@ impl Dispatcher {
         &mut self,
         mut queue: UnboundedReceiver<Result<Frame, SftpError>>,
     ) -> Result<(), SftpError> {
-        let mut next: Option<Frame> = None;
+        let mut next: Option<(Request, OwnedSemaphorePermit)> = None;
         let mut ended = false;
         loop {
+            let charge = next
+                .as_ref()
+                .map_or(0, |(request, _)| reply_charge(request));
+            let reserve = reserve(
+                Arc::clone(&self.slots),
+                Arc::clone(&self.limits.replies),
+                charge,
+            );
             tokio::select! {
                 biased;
                 Some(done) = self.running.next(), if !self.running.is_empty() => {
                     self.complete(done)?;
                 }
-                slot = Arc::clone(&self.slots).acquire_owned(), if next.is_some() => {
-                    if let Some(frame) = next.take() {
-                        self.dispatch(frame, slot.map_err(slots_closed)?)?;
+                reserved = reserve, if next.is_some() => {
+                    let (slot, reply) = reserved.map_err(slots_closed)?;
+                    if let Some((request, budget)) = next.take() {
+                        let ticket = Ticket {
+                            _slot: slot,
+                            _budget: budget,
+                            _reply: reply,
+                        };
+                        self.dispatch(request, ticket)?;
                     }
                 }
                 frame = queue.recv(), if next.is_none() && !ended => match frame {
-                    Some(frame) => next = Some(frame?),
+                    Some(frame) => {
+                        let frame = frame?;
+                        next = Some((frame.body.decode()?, frame.budget));
+                    }
                     None => ended = true,
                 },
                 else => return Ok(()),
@@ -377,9 +403,9 @@ impl Dispatcher {
     fn send(&self, id: u32, result: OpResult, ticket: Ticket) -> Result<(), SftpError> {
         let response = result.unwrap_or_else(|failure| {
             if failure.local {
-                tracing::warn!(id, code = ?failure.code, message = %failure.message, "request failed");
+                tracing::warn!(id, code = ?failure.code, error = ?failure.message, "request failed");
             } else {
-                tracing::debug!(id, code = ?failure.code, message = %failure.message, "request failed");
+                tracing::debug!(id, code = ?failure.code, error = ?failure.message, "request failed");
             }
             failure.into_response(id)
         });
@@ -464,12 +490,7 @@ impl Dispatcher {
         Ok((Arc::clone(&slot.handle), gate, turn))
     }
 
-    fn dispatch(&mut self, frame: Frame, slot: OwnedSemaphorePermit) -> Result<(), SftpError> {
-        let ticket = Ticket {
-            _slot: slot,
-            _budget: frame.budget,
-        };
-        let request = frame.body.decode()?;
+    fn dispatch(&mut self, request: Request, ticket: Ticket) -> Result<(), SftpError> {
         let Some(id) = request.id() else {
             return Err(SftpError::RepeatedInit);
         };
@@ -487,16 +508,17 @@ impl Dispatcher {
                 let gate = self.path_gate(access);
                 self.open_handle(id, ticket, gate, async move {
                     let path = ops::parse_path(&path)?;
-                    tracing::debug!(id, %path, flags, "open");
+                    tracing::debug!(id, path = ?path.as_str(), flags, "open");
                     ops::open(&vfs, &path, flags, &attrs).await
                 });
             }
             Request::Opendir { path, .. } => {
                 let gate = self.path_gate(Access::Read);
+                let limits = self.limits.clone();
                 self.open_handle(id, ticket, gate, async move {
                     let path = ops::parse_path(&path)?;
-                    tracing::debug!(id, %path, "opendir");
-                    ops::opendir(&vfs, &path).await
+                    tracing::debug!(id, path = ?path.as_str(), "opendir");
+                    ops::opendir(&vfs, &path, &limits).await
                 });
             }
             Request::Close { handle, .. } => {
@@ -520,7 +542,7 @@ impl Dispatcher {
                 self.spawn_in_turn(id, ticket, Some(turn), async move {
                     gate.wait().await;
                     publish.wait().await;
-                    tracing::debug!(id, path = %handle.path, "close");
+                    tracing::debug!(id, path = ?handle.path.as_str(), "close");
                     ops::close(id, &vfs, handle).await
                 });
             }
@@ -767,7 +789,12 @@ impl Dispatcher {
                 self.spawn_in_turn(id, ticket, Some(target_turn), async move {
                     source_gate.wait().await;
                     target_gate.wait().await;
-                    tracing::debug!(id, from = %source.path, to = %target.path, "copy-data");
+                    tracing::debug!(
+                        id,
+                        from = ?source.path.as_str(),
+                        to = ?target.path.as_str(),
+                        "copy-data"
+                    );
                     let result =
                         ops::copy_data(id, &source, read_offset, len, &target, write_offset).await;
                     drop((source, target));
@@ -778,8 +805,16 @@ impl Dispatcher {
                     result
                 });
             }
+            Extended::Malformed(problem) => {
+                tracing::debug!(id, %problem, "malformed extended request");
+                let failure = Failure::new(
+                    StatusCode::BadMessage,
+                    format!("malformed extended request: {problem}"),
+                );
+                return self.send(id, Err(failure), ticket);
+            }
             Extended::Unknown { name } => {
-                tracing::debug!(id, extension = %name, "unsupported extension");
+                tracing::debug!(id, extension = ?name, "unsupported extension");
                 let failure = Failure::new(
                     StatusCode::OpUnsupported,
                     format!("extension {name} is not supported"),
@@ -796,7 +831,7 @@ impl Dispatcher {
         self.spawn(id, ticket, async move {
             gate.wait().await;
             let (from, to) = (ops::parse_path(&from)?, ops::parse_path(&to)?);
-            tracing::debug!(id, %from, %to, replace, "rename");
+            tracing::debug!(id, from = ?from.as_str(), to = ?to.as_str(), replace, "rename");
             ops::rename(id, &vfs, &from, &to, replace).await
         });
     }
@@ -818,7 +853,7 @@ impl Dispatcher {
         self.spawn(id, ticket, async move {
             gate.wait().await;
             let path = ops::parse_path(&path)?;
-            tracing::debug!(id, %path, op);
+            tracing::debug!(id, path = ?path.as_str(), op);
             let result = work(path).await;
             drop(gate);
             result
@@ -847,9 +882,9 @@ impl Dispatcher {
         self.spawn_in_turn(id, ticket, Some(turn), async move {
             gate.wait().await;
             if matches!(op, "read" | "write") {
-                tracing::trace!(id, path = %handle.path, op);
+                tracing::trace!(id, path = ?handle.path.as_str(), op);
             } else {
-                tracing::debug!(id, path = %handle.path, op);
+                tracing::debug!(id, path = ?handle.path.as_str(), op);
             }
             // `work` owns the handle and drops it before the gate marks the request done,
             // so a CLOSE waiting on the gate finds itself the handle's only owner.
@@ -911,8 +946,38 @@ impl Dispatcher {
     }
 }
 
-/// Maps the error of a closed semaphore, which cannot happen because the request slots are
-/// never closed, without a panic.
+/// Reserves a request slot, then `charge` bytes of the reply budget. The dispatcher reserves
+/// for one request at a time in arrival order, so a request that holds a reservation never
+/// waits for one that has none yet.
+async fn reserve(
+    slots: Arc<Semaphore>,
+    replies: Arc<Semaphore>,
+    charge: u32,
+) -> Result<(OwnedSemaphorePermit, Option<OwnedSemaphorePermit>), tokio::sync::AcquireError> {
+    let slot = slots.acquire_owned().await?;
+    let reply = match charge {
+        0 => None,
+        charge => Some(replies.acquire_many_owned(charge).await?),
+    };
+    Ok((slot, reply))
+}
+
+/// Returns the bytes of reply buffer that a request fills at most: the data of a READ, the
+/// chunk buffer of copy-data, or one batch of READDIR entries.
+fn reply_charge(request: &Request) -> u32 {
+    match request {
+        Request::Read { len, .. } => (*len).min(MAX_READ_LEN),
+        Request::Readdir { .. } => READDIR_REPLY_CHARGE,
+        Request::Extended {
+            request: Extended::CopyData { .. },
+            ..
+        } => MAX_READ_LEN,
+        _ => 0,
+    }
+}
+
+/// Maps the error of a closed semaphore, which cannot happen because the request slots and
+/// budgets are never closed, without a panic.
 fn slots_closed(_: tokio::sync::AcquireError) -> SftpError {
     SftpError::Io(io::Error::other("request slots closed"))
 }
