@@ -323,19 +323,37 @@ fn lftp_ftps_mirror() {
 }
 
 /// Runs rclone with a configuration given on the command line only.
+/// Runs rclone without its retries. A TLS handshake that failed because the server read the
+/// ClientHello as a command is tried up to four more times; `AUTH_TLS_RETRY` in the shared
+/// FTP test helpers explains why that happens.
 fn rclone(args: &[String]) -> std::process::Output {
-    let mut command = Command::new("rclone");
-    command
-        .args([
-            "--config",
-            "/dev/null",
-            "--retries",
-            "1",
-            "--low-level-retries",
-            "1",
-        ])
-        .args(args);
-    run(command, CLIENT_TIMEOUT)
+    let attempt = || {
+        let mut command = Command::new("rclone");
+        command
+            .args([
+                "--config",
+                "/dev/null",
+                "--retries",
+                "1",
+                "--low-level-retries",
+                "1",
+            ])
+            .args(args);
+        run(command, CLIENT_TIMEOUT)
+    };
+    let handshake_failed = |output: &std::process::Output| {
+        String::from_utf8_lossy(&output.stderr)
+            .contains("first record does not look like a TLS handshake")
+    };
+    let mut output = attempt();
+    for _ in 0..4 {
+        if !handshake_failed(&output) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        output = attempt();
+    }
+    output
 }
 
 #[test]

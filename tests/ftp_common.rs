@@ -78,16 +78,65 @@ pub fn assert_success(output: &Output, what: &str) {
 
 /// Runs a Python script with `args`, which it reads from `sys.argv[1:]`.
 pub fn python(script: &str, args: &[String]) -> Output {
+    let script = if script.contains("FTP_TLS") {
+        format!("{AUTH_TLS_RETRY}{script}")
+    } else {
+        script.to_owned()
+    };
     let mut command = Command::new("python3");
     command.arg("-c").arg(script).args(args);
     run(command, CLIENT_TIMEOUT)
 }
 
+/// Python code that makes `ftplib.FTP_TLS` try `AUTH TLS` again on a new connection, up to
+/// four more times, when the server read the TLS ClientHello as a command.
+///
+/// NOTE: libunftp 0.24 switches the control connection to TLS on a message from a task it
+/// spawns while it replies to `AUTH TLS`, and picks at random when that message and the
+/// client's ClientHello are both ready. The ClientHello then ends the connection as a
+/// command line that is not UTF-8. A loaded machine hits this often enough to fail tests.
+const AUTH_TLS_RETRY: &str = r#"
+import ftplib as _ftplib, ssl as _ssl, time as _time
+
+class _RetryingFTP_TLS(_ftplib.FTP_TLS):
+    def auth(self):
+        for _ in range(4):
+            try:
+                return super().auth()
+            except _ssl.SSLError as error:
+                if 'WRONG_VERSION_NUMBER' not in str(error):
+                    raise
+            self.close()
+            _time.sleep(0.2)
+            self.connect(self.host, self.port, self.timeout)
+        return super().auth()
+
+_ftplib.FTP_TLS = _RetryingFTP_TLS
+"#;
+
 /// Runs curl with `args`, silent except for errors.
+///
+/// A TLS handshake that failed with `wrong version number` is tried up to four more times,
+/// for the reason given at [`AUTH_TLS_RETRY`].
 pub fn curl(args: &[String]) -> Output {
-    let mut command = Command::new("curl");
-    command.args(["-sS", "--max-time", "100"]).args(args);
-    run(command, CLIENT_TIMEOUT)
+    let attempt = || {
+        let mut command = Command::new("curl");
+        command.args(["-sS", "--max-time", "100"]).args(args);
+        run(command, CLIENT_TIMEOUT)
+    };
+    let handshake_failed = |output: &Output| {
+        output.status.code() == Some(35)
+            && String::from_utf8_lossy(&output.stderr).contains("wrong version number")
+    };
+    let mut output = attempt();
+    for _ in 0..4 {
+        if !handshake_failed(&output) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        output = attempt();
+    }
+    output
 }
 
 /// Runs lftp against `port` as alice with `commands`, failing on the first error instead
@@ -209,7 +258,10 @@ impl Control {
     /// Returns whether the server closes the connection within `timeout`, sending nothing
     /// more; fails the test if it sends a line.
     pub fn closed_within(&mut self, timeout: Duration) -> bool {
-        self.reader.get_ref().set_read_timeout(Some(timeout)).unwrap();
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(timeout))
+            .unwrap();
         let mut line = String::new();
         let closed = match self.reader.read_line(&mut line) {
             Ok(0) => true,

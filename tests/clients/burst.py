@@ -46,7 +46,8 @@ def ftp_worker():
         if not reply().startswith(b"220"):
             raise SystemExit("no FTP greeting")
         try:
-            for _ in range(50):
+            # The server closes the connection after three failed logins.
+            for _ in range(3):
                 if not take():
                     return
                 sock.sendall(b"USER burst\r\n")

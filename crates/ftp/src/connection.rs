@@ -155,12 +155,26 @@ impl ConnectionState {
             .tls
             .as_ref()
             .is_some_and(|tls| tls.handshakes.count() > 0);
+        // Input left unread when the socket closes makes Linux reset the connection, and a
+        // reset can make the client drop the reply before reading it.
+        self.discard_input();
         if !encrypted {
             // The socket is non-blocking; a short reply fits in an idle send buffer.
             let _ = self.control.send(format!("{reply}\r\n").as_bytes());
         }
         if let Err(error) = self.control.shutdown(Shutdown::Both) {
             debug!(%error, "control connection already closed");
+        }
+    }
+
+    /// Reads and drops unread input from the client, up to 1 MiB.
+    fn discard_input(&self) {
+        let mut buffer = [std::mem::MaybeUninit::<u8>::uninit(); 16 * 1024];
+        for _ in 0..64 {
+            match self.control.recv(&mut buffer) {
+                Ok(read) if read > 0 => {}
+                _ => break,
+            }
         }
     }
 
