@@ -130,6 +130,35 @@ fn openssh_operations_with_password() {
 }
 
 #[test]
+fn each_cipher_transfers_file() {
+    let server = start();
+    mkdir_home(&server);
+    let local = server.root().join("c.bin");
+    write_random_file(&local, 1 << 20);
+    let ciphers = [
+        "chacha20-poly1305@openssh.com",
+        "aes256-gcm@openssh.com",
+        "aes128-gcm@openssh.com",
+        "aes256-ctr",
+        "aes128-ctr",
+    ];
+    for cipher in ciphers {
+        let target = format!("{cipher}.bin");
+        let mut command = Command::new("scp");
+        command
+            .args(ssh_options(server.ssh_port()))
+            .args(["-c", cipher])
+            .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i"])
+            .arg(server.alice_key())
+            .arg(&local)
+            .arg(format!("alice@127.0.0.1:{target}"));
+        let output = run(command, CLIENT_TIMEOUT);
+        assert_ok(&output, cipher);
+        assert_eq!(sha256(&server.home("alice").join(&target)), sha256(&local));
+    }
+}
+
+#[test]
 fn scp_sftp_mode_round_trip() {
     let server = start();
     let local = server.root().join("s.bin");

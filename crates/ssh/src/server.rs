@@ -9,7 +9,7 @@ use std::time::Duration;
 use ferry_hooks::ProxyMode;
 use ferry_users::Logins;
 use russh::keys::{Algorithm, EcdsaCurve, HashAlg};
-use russh::{MethodKind, MethodSet, Preferred, SshId};
+use russh::{MethodKind, MethodSet, Preferred, SshId, cipher};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,6 +21,17 @@ use crate::{Error, host_keys};
 
 /// Host key and user key signature algorithms, strongest first. `ssh-rsa` signatures use
 /// SHA-1 and are left out; RSA keys sign with SHA-256 or SHA-512 instead.
+/// Ciphers in order of preference: russh's default list with `aes128-gcm@openssh.com` added.
+/// OpenSSH offers it, and a client configured with only that cipher could not connect.
+const CIPHERS: &[cipher::Name] = &[
+    cipher::CHACHA20_POLY1305,
+    cipher::AES_256_GCM,
+    cipher::AES_128_GCM,
+    cipher::AES_256_CTR,
+    cipher::AES_192_CTR,
+    cipher::AES_128_CTR,
+];
+
 const KEY_ALGORITHMS: &[Algorithm] = &[
     Algorithm::Ed25519,
     Algorithm::Ecdsa {
@@ -229,6 +240,7 @@ fn russh_config(
         event_buffer_size: QUEUE_SIZE,
         preferred: Preferred {
             key: Cow::Borrowed(KEY_ALGORITHMS),
+            cipher: Cow::Borrowed(CIPHERS),
             compression: Cow::Borrowed(&[russh::compression::NONE]),
             ..Preferred::default()
         },
