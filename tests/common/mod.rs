@@ -492,6 +492,11 @@ impl Drop for TestServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if std::thread::panicking()
+            && let Ok(log) = self.log.lock()
+        {
+            eprintln!("server log:\n{}", log.join("\n"));
+        }
     }
 }
 
@@ -540,7 +545,10 @@ pub fn write_script(dir: &Path, name: &str, body: &str) -> PathBuf {
 /// Finds `count` consecutive free ports for an FTP passive range. Another process may take
 /// one meanwhile; the FTP server then tries another port of the range.
 pub fn free_port_range(count: u16) -> (u16, u16) {
-    let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let seed = u64::from(std::process::id()) ^ now.as_nanos() as u64;
     let mut start = 30000 + ((seed.wrapping_mul(2654435761) >> 7) % 20000) as u16;
     loop {
         let free = (start..start + count).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
