@@ -560,7 +560,11 @@ fn foreign_destination_refused() {
         ("COPY", "https://evil.example.com/stolen.txt"),
         ("MOVE", "ftp://x/stolen.txt"),
     ] {
-        let reply = client.send(method, "/m.txt", &["-H", &format!("Destination: {destination}")]);
+        let reply = client.send(
+            method,
+            "/m.txt",
+            &["-H", &format!("Destination: {destination}")],
+        );
         assert_eq!(reply.status, 502, "{method} {destination}");
     }
     assert_eq!(std::fs::read_to_string(home.join("m.txt")).unwrap(), "stay");

@@ -274,7 +274,10 @@ fn pasv_ignores_other_addresses() {
     let address: SocketAddr = ([127, 0, 0, 1], port).into();
 
     let stranger = connect_from("127.0.0.2", address, Duration::from_secs(1));
-    assert!(stranger.is_err(), "a connection from 127.0.0.2 was accepted");
+    assert!(
+        stranger.is_err(),
+        "a connection from 127.0.0.2 was accepted"
+    );
 
     let mut data = TcpStream::connect(address).unwrap();
     assert!(control.command("RETR f.txt").starts_with("150 "));
