@@ -40,8 +40,8 @@ use super::{
 use super::{QUEUE_BUDGET, REPLY_BUDGET};
 
 /// The size of the read buffer in front of the stream. Small packets are read in bulk, and
-/// larger bodies bypass it.
-const READ_BUFFER: usize = 32 * 1024;
+/// larger bodies bypass it. It is kept small because every idle session holds one.
+const READ_BUFFER: usize = 8 * 1024;
 
 /// The share of the queue budget that the smallest packet takes: an estimate of what a
 /// queued request costs besides its body.
@@ -308,7 +308,8 @@ async fn write_replies<W>(mut writer: W, mut replies: UnboundedReceiver<Outgoing
 where
     W: AsyncWrite + Unpin,
 {
-    let mut buffer = Vec::with_capacity(WRITE_BUFFER);
+    // Grows to WRITE_BUFFER only when replies pile up, so that an idle session holds little.
+    let mut buffer = Vec::new();
     let mut written = Vec::new();
     while let Some(first) = replies.recv().await {
         let mut next = Some(first);
