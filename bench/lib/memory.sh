@@ -44,6 +44,9 @@ memory_run() {
     local workload=$1 name=$2 protocol=$3 port=$4 ready=$STATE/sessions.ready resume=$STATE/sessions.resume
     local half=$((SESSIONS / 2)) base_rss base_pss half_rss rss pss processes threads helper
     local start srv0 cli0 task0 task1 open_conns
+    # Threads that ran at start-up, such as Ferry's first password hash, end after 10 s
+    # without work and take their allocator caches with them.
+    sleep "$IDLE_SETTLE"
     read -r base_rss base_pss _ _ <<<"$(server_memory "$name")"
     rm -f "$ready" "$resume"
     wait_for_quiet

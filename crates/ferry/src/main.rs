@@ -11,6 +11,15 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc rather than glibc's allocator. Every argon2 password check allocates 19 MiB; glibc
+/// keeps such blocks in the heap of the thread that checked, so 300 idle FTP sessions grew the
+/// server by about 1.2 MiB each, while mimalloc returns them to the system. mimalloc also makes
+/// a PROPFIND of 10,000 files, which allocates for every XML element, about a quarter faster.
+/// The cost, measured on 300 idle sessions: about 10 MiB more for the idle server and 14 KiB
+/// more per idle SSH session than glibc with a fixed mmap threshold.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// One server for SFTP, SCP, FTP, FTPS and WebDAV, with login hooks for operators.
 #[derive(Parser)]
 #[command(name = "ferry", version, about)]
@@ -58,7 +67,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    return_large_blocks_to_system();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -68,24 +76,6 @@ fn main() -> ExitCode {
         }
     }
 }
-
-/// Makes glibc give every allocation of 4 MiB or more a mapping of its own, returned to the
-/// system when freed.
-///
-/// A password check allocates the argon2 work area (19 MiB with the default parameters).
-/// glibc's adaptive threshold would serve those from the heap of each thread that checks
-/// passwords and keep them there, so after a burst of logins the server would hold hundreds
-/// of MiB it no longer uses. Transfer buffers (at most 1 MiB) stay below the threshold.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)]
-fn return_large_blocks_to_system() {
-    const THRESHOLD_BYTES: libc::c_int = 4 << 20;
-    // SAFETY: mallopt changes allocator settings only, and runs before any other thread.
-    let _ = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD_BYTES) };
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn return_large_blocks_to_system() {}
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
