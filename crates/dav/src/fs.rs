@@ -398,6 +398,17 @@ impl OpenFile {
         if upload.writer.is_none() {
             return Err(FsError::GeneralFailure);
         }
+        // Write what is pending first when `data` would not fit, so that the buffer is
+        // allocated once per chunk and never copied by a reallocation.
+        if upload.pending.len() + data.len() > WRITE_CHUNK {
+            self.write_pending().await?;
+        }
+        let FileState::Writing(upload) = &mut self.state else {
+            return Err(FsError::GeneralFailure);
+        };
+        if upload.pending.capacity() == 0 {
+            upload.pending.reserve_exact(WRITE_CHUNK.max(data.len()));
+        }
         upload.pending.extend_from_slice(data);
         upload.received += data.len() as u64;
         if upload.pending.len() >= WRITE_CHUNK {
