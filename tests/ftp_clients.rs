@@ -323,11 +323,10 @@ fn lftp_ftps_mirror() {
 }
 
 /// Runs rclone with a configuration given on the command line only.
-/// Runs rclone without its retries. A TLS handshake that failed because the server read the
-/// ClientHello as a command is tried up to four more times; `AUTH_TLS_RETRY` in the shared
-/// FTP test helpers explains why that happens.
+/// Runs rclone without its retries, except for a lost FTPS handshake, which
+/// [`retry_lost_handshake`] retries.
 fn rclone(args: &[String]) -> std::process::Output {
-    let attempt = || {
+    retry_lost_handshake("first record does not look like a TLS handshake", || {
         let mut command = Command::new("rclone");
         command
             .args([
@@ -340,20 +339,7 @@ fn rclone(args: &[String]) -> std::process::Output {
             ])
             .args(args);
         run(command, CLIENT_TIMEOUT)
-    };
-    let handshake_failed = |output: &std::process::Output| {
-        String::from_utf8_lossy(&output.stderr)
-            .contains("first record does not look like a TLS handshake")
-    };
-    let mut output = attempt();
-    for _ in 0..4 {
-        if !handshake_failed(&output) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        output = attempt();
-    }
-    output
+    })
 }
 
 #[test]

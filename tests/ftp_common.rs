@@ -114,23 +114,23 @@ class _RetryingFTP_TLS(_ftplib.FTP_TLS):
 _ftplib.FTP_TLS = _RetryingFTP_TLS
 "#;
 
-/// Runs curl with `args`, silent except for errors.
-///
-/// A TLS handshake that failed with `wrong version number` is tried up to four more times,
-/// for the reason given at [`AUTH_TLS_RETRY`].
+/// Runs curl with `args`, silent except for errors, retrying a lost FTPS handshake as
+/// [`retry_lost_handshake`] does.
 pub fn curl(args: &[String]) -> Output {
-    let attempt = || {
+    retry_lost_handshake("wrong version number", || {
         let mut command = Command::new("curl");
         command.args(["-sS", "--max-time", "100"]).args(args);
         run(command, CLIENT_TIMEOUT)
-    };
-    let handshake_failed = |output: &Output| {
-        output.status.code() == Some(35)
-            && String::from_utf8_lossy(&output.stderr).contains("wrong version number")
-    };
+    })
+}
+
+/// Runs `attempt`, and runs it again up to four times while its stderr contains `marker`,
+/// the client's message for a TLS handshake that failed because the server read the
+/// ClientHello as a command. [`AUTH_TLS_RETRY`] explains why that happens.
+pub fn retry_lost_handshake(marker: &str, attempt: impl Fn() -> Output) -> Output {
     let mut output = attempt();
     for _ in 0..4 {
-        if !handshake_failed(&output) {
+        if !String::from_utf8_lossy(&output.stderr).contains(marker) {
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -141,11 +141,15 @@ pub fn curl(args: &[String]) -> Output {
 
 /// Runs lftp against `port` as alice with `commands`, failing on the first error instead
 /// of retrying.
+///
+/// A `NOOP` logs in before `commands` run. lftp reconnects after an FTPS handshake that the
+/// server lost (see [`AUTH_TLS_RETRY`]), and a `mirror` that met such a reconnect has been
+/// seen to fail on its target folder afterwards.
 pub fn lftp(port: u16, settings: &str, commands: &str) -> Output {
     let script = format!(
         "set cmd:fail-exit yes; set net:max-retries 1; set net:timeout 20; \
          set net:reconnect-interval-base 1; {settings}; \
-         open -u alice,{} -p {port} 127.0.0.1; {commands}; bye",
+         open -u alice,{} -p {port} 127.0.0.1; quote NOOP; {commands}; bye",
         crate::common::ALICE_PASSWORD
     );
     let mut command = Command::new("lftp");

@@ -19,7 +19,7 @@ fn ftp_only() -> Setup {
     Setup::default().only(&["ftp"])
 }
 
-/// An FTP-only server whose passive port range has `count` ports.
+/// Starts an FTP-only server whose passive port range has `count` ports.
 fn with_passive_ports(count: u16) -> TestServer {
     let (low, high) = free_port_range(count);
     ftp_only()

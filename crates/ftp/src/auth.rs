@@ -127,8 +127,8 @@ impl Authenticator for PasswordAuthenticator {
         let span = self.state.span.clone();
         let attempt = self.started.fetch_add(1, Ordering::SeqCst) + 1;
         if attempt > self.max_attempts {
-            // Only a client that sends PASS again before the answer to the last allowed
-            // attempt gets here; the connection is about to close.
+            // Only a client that sends PASS again before the reply to the last allowed
+            // attempt gets here. The connection is about to close.
             span.in_scope(|| debug!(attempt, "login attempt over the limit; not checked"));
             return Err(AuthenticationError::BadPassword);
         }

@@ -84,9 +84,9 @@ fn escape_controls(text: &str) -> String {
 
 /// The passive data listener of one control connection.
 ///
-/// libunftp waits for the data connection of each PASV or EPSV in a task of its own, which
-/// keeps the listener open for 15 seconds even after a newer PASV or the end of the control
-/// connection, so one client could hold every port of the range. The binder therefore keeps
+/// libunftp waits for the data connection of each PASV or EPSV in a task of its own. That task
+/// keeps the listener open for 15 seconds, even after a newer PASV or the end of the control
+/// connection, so one client could take every port of the range. The binder therefore keeps
 /// a duplicate of each listener here. Shutting the duplicate down makes libunftp's pending
 /// accept fail, which ends its task and frees the port.
 #[derive(Debug, Default)]

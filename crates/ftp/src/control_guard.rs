@@ -1,12 +1,12 @@
 //! Limits on what a client may send on the control connection, enforced from outside
 //! libunftp.
 //!
-//! libunftp reads the control connection itself and buffers a command line until it sees
+//! libunftp reads the control connection itself and buffers a command line until it reads
 //! `\n`, with no limit, so a client that never sends a newline grows the server's memory
 //! without bound. Ferry cannot see the bytes before libunftp does: `Server::service` takes
 //! the `TcpStream` itself, and after `AUTH TLS` the bytes are encrypted anyway. What the
 //! kernel does show are the connection's byte counters (`TCP_INFO`): bytes received from the
-//! client and bytes sent to it. libunftp answers every command line it parses, so the bytes
+//! client and bytes sent to it. libunftp replies to every command line it parses, so the bytes
 //! a client sent since the server last replied bound the length of the line libunftp is
 //! still buffering. [`CommandLineGuard`] closes the connection when that count passes
 //! [`MAX_COMMAND_LINE_BYTES`].
@@ -20,8 +20,8 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 /// Bytes a client may send on the control connection without getting a reply. RFC 959
-/// command lines are short; the longest a client sends in practice holds one path of up to
-/// 4096 bytes (Linux's `PATH_MAX`). The count includes TLS record overhead after `AUTH TLS`,
+/// command lines are short. The longest a client sends in practice contains one path of up
+/// to 4096 bytes (Linux's `PATH_MAX`). The count includes TLS record overhead after `AUTH TLS`,
 /// and may include the previous command line when the guard observed both at once.
 pub(crate) const MAX_COMMAND_LINE_BYTES: u64 = 8192;
 
@@ -47,8 +47,8 @@ pub(crate) fn tcp_counters(socket: &impl AsFd) -> io::Result<TcpCounters> {
     // SAFETY: `tcp_info` contains only integers, so all zero bytes is a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: the pointer and length describe `info`, which lives until the call returns;
-    // the kernel writes at most `len` bytes and stores the length it wrote in `len`.
+    // SAFETY: the pointer and length describe `info`, which lives until the call returns.
+    // The kernel writes at most `len` bytes and stores the length it wrote in `len`.
     let result = unsafe {
         libc::getsockopt(
             socket.as_fd().as_raw_fd(),
@@ -109,7 +109,7 @@ pub(crate) async fn wait_for_reply(
 
 /// Counts the bytes a client sends on the control connection without getting a reply.
 ///
-/// It holds a second registration of the control socket with the runtime, as
+/// It keeps a second registration of the control socket with the runtime, as
 /// [`crate::connection::ControlWatch`] does, and reads the counters each time new bytes
 /// arrive. It never reads from the socket.
 pub(crate) struct CommandLineGuard {
@@ -193,7 +193,7 @@ impl CommandLineGuard {
 #[derive(Debug)]
 struct ReplyTally {
     last: TcpCounters,
-    /// Bytes received that the server has answered.
+    /// Bytes received before the server's latest reply.
     answered: u64,
 }
 
@@ -208,8 +208,8 @@ impl ReplyTally {
     /// Takes a new reading and returns the bytes received that no reply followed yet.
     ///
     /// When the server sent something since the previous reading, a command line ended
-    /// before the reply. The bytes received up to the previous reading count as answered;
-    /// the bytes that came after it may belong to a line that is still open, so they stay
+    /// before the reply. The bytes received up to the previous reading count as replied to.
+    /// The bytes that came after it may belong to a line that is still open, so they stay
     /// counted.
     fn observe(&mut self, now: TcpCounters) -> u64 {
         if now.sent != self.last.sent {

@@ -503,8 +503,8 @@ fn scp_largest_time_handled() {
     let server = TestServer::start();
     server.home("alice");
     let lines = raw_scp(&server, "largest-dir-time");
-    // The file system may refuse a time this far ahead, which is a warning; the channel
-    // still answers and ends with an exit status.
+    // The file system may reject a time this far ahead, which is a warning. The channel
+    // still replies and ends with an exit status.
     assert_eq!(
         &lines[..4],
         ["b'\\x00'", "b'\\x00'", "b'\\x00'", "E answered"],

@@ -1072,7 +1072,7 @@ fn copy_args(source: &[u8], read_offset: u64, len: u64, target: &[u8], write_off
         .u64(write_offset)
 }
 
-/// A server that writes files in place, with a quota that stops a runaway copy.
+/// Connects to a server that writes files in place, with a quota that stops a runaway copy.
 async fn standard_mode_client() -> Client {
     let limits = Limits {
         quota: Some(Arc::new(Quota::new(4 * 1024 * 1024, 0))),

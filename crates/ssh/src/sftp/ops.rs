@@ -519,8 +519,8 @@ pub async fn copy_data(
     } else {
         len.min(available)
     };
-    // TODO: two paths that lead to one file (a symlink or a hard link) are not recognised as
-    // the same file; comparing device and inode needs them in ferry_vfs::Metadata.
+    // NOTE: two paths that lead to one file (a symlink or a hard link) are not recognised as
+    // the same file. Comparing device and inode would need them in ferry_vfs::Metadata.
     if source.path == target.path && ranges_overlap(read_offset, write_offset, len) {
         return Err(Failure::generic(format!(
             "copy-data of {len} bytes from offset {read_offset} to offset {write_offset} of \

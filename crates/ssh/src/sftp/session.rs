@@ -40,7 +40,7 @@ use super::{
 use super::{QUEUE_BUDGET, REPLY_BUDGET};
 
 /// The size of the read buffer in front of the stream. Small packets are read in bulk, and
-/// larger bodies bypass it. It is kept small because every idle session holds one.
+/// larger bodies bypass it. It is kept small because every idle session keeps one.
 const READ_BUFFER: usize = 8 * 1024;
 
 /// The share of the queue budget that the smallest packet takes: an estimate of what a
@@ -308,7 +308,7 @@ async fn write_replies<W>(mut writer: W, mut replies: UnboundedReceiver<Outgoing
 where
     W: AsyncWrite + Unpin,
 {
-    // Grows to WRITE_BUFFER only when replies pile up, so that an idle session holds little.
+    // Grows to WRITE_BUFFER only when replies pile up, so that an idle session keeps little memory.
     let mut buffer = Vec::new();
     let mut written = Vec::new();
     while let Some(first) = replies.recv().await {
