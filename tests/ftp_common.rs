@@ -142,9 +142,9 @@ pub fn retry_lost_handshake(marker: &str, attempt: impl Fn() -> Output) -> Outpu
 /// Runs lftp against `port` as alice with `commands`, failing on the first error instead
 /// of retrying.
 ///
-/// A `NOOP` logs in before `commands` run. lftp reconnects after an FTPS handshake that the
-/// server lost (see [`AUTH_TLS_RETRY`]), and a `mirror` that met such a reconnect has been
-/// seen to fail on its target folder afterwards.
+/// A `NOOP` logs in before `commands` run, and a run whose handshake the server lost there is
+/// repeated by [`retry_lost_handshake`]. A `mirror` that met such a loss itself failed on its
+/// target folder after lftp reconnected.
 pub fn lftp(port: u16, settings: &str, commands: &str) -> Output {
     let script = format!(
         "set cmd:fail-exit yes; set net:max-retries 1; set net:timeout 20; \
@@ -152,9 +152,11 @@ pub fn lftp(port: u16, settings: &str, commands: &str) -> Output {
          open -u alice,{} -p {port} 127.0.0.1; quote NOOP; {commands}; bye",
         crate::common::ALICE_PASSWORD
     );
-    let mut command = Command::new("lftp");
-    command.arg("-c").arg(script);
-    run(command, CLIENT_TIMEOUT)
+    retry_lost_handshake("gnutls_handshake: An unexpected TLS packet", || {
+        let mut command = Command::new("lftp");
+        command.arg("-c").arg(&script);
+        run(command, CLIENT_TIMEOUT)
+    })
 }
 
 /// Returns the address of every FTP listener, in the order they were logged.
